@@ -1,0 +1,44 @@
+//! Protocol and contracts of the `queue` task system, and its in-memory parts.
+//!
+//! - [`protocol`]: Celery protocol v2 messages, kombu envelopes and typed JSON values;
+//! - [`Signature`], [`TaskState`], [`TaskError`], the [`Task`] trait and [`TaskContext`];
+//! - the [`Broker`] and [`ResultBackend`] traits that broker and backend crates implement;
+//! - [`App`] (configuration, registry, routing, sending) and [`AsyncResult`];
+//! - [`MemoryBroker`] and [`MemoryBackend`];
+//! - `conformance` (feature `conformance`): the suites every broker and backend must pass.
+//!
+//! Applications use the `queue` facade crate, which re-exports what is here.
+
+pub mod app;
+pub mod backend;
+pub mod broker;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod connect;
+pub mod error;
+pub mod memory;
+pub mod protocol;
+pub mod result;
+pub mod routing;
+pub mod signature;
+pub mod state;
+pub mod task;
+pub mod task_error;
+
+pub use app::{App, AppBuilder};
+pub use backend::{BackendError, GroupMeta, ResultBackend, TaskMeta};
+pub use broker::{
+    Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, Delivery, DeliveryTag, Publish,
+    QueueLength, QueueOrder,
+};
+pub use error::Error;
+pub use memory::{MemoryBackend, MemoryBroker};
+pub use protocol::{Message, TaskBody};
+pub use result::{AsyncResult, ResultError};
+pub use signature::{Signature, TypedSignature};
+pub use state::TaskState;
+pub use task::{Arguments, RateLimit, RetryPolicy, Task, TaskContext, TaskOptions};
+pub use task_error::{TaskError, TaskErrorKind};
+
+/// The highest message priority; priorities run from 0 (lowest) to 9 (highest).
+pub const MAX_PRIORITY: u8 = 9;

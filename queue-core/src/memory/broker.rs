@@ -1,0 +1,453 @@
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, FixedOffset};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::broker::{
+    Broker, BrokerError, ConsumeOptions, Consumer, DEAD_LETTER_REASON_HEADER, DeadLetter,
+    Delivery, DeliveryTag, Publish, QueueLength, QueueOrder, Undecodable, dead_letter_queue,
+};
+use crate::protocol::{Message, envelope, time};
+
+const PRIORITY_LEVELS: usize = crate::MAX_PRIORITY as usize + 1;
+
+/// The in-memory broker. Clones share the same queues.
+///
+/// ```
+/// # async fn example() -> Result<(), queue_core::Error> {
+/// use std::sync::Arc;
+/// use queue_core::{App, MemoryBroker};
+/// let broker = Arc::new(MemoryBroker::new());
+/// let producer = App::builder().broker_instance(broker.clone()).build().await?;
+/// let worker_side = App::builder().broker_instance(broker).build().await?;
+/// # let _ = (producer, worker_side); Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct MemoryBroker {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Notify,
+    next_tag: AtomicU64,
+    next_sequence: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queues: HashMap<String, QueueState>,
+    delayed: BinaryHeap<Reverse<Delayed>>,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    by_priority: [VecDeque<Stored>; PRIORITY_LEVELS],
+}
+
+#[derive(Clone, Debug)]
+struct Stored {
+    content: Result<Message, Undecodable>,
+    redelivered: bool,
+    dead_letter_reason: Option<String>,
+}
+
+impl Stored {
+    fn priority(&self) -> usize {
+        match &self.content {
+            Ok(message) => usize::from(message.priority()).min(PRIORITY_LEVELS - 1),
+            Err(_) => 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Delayed {
+    due: Instant,
+    sequence: u64,
+    queue: String,
+    stored: Stored,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.sequence) == (other.due, other.sequence)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.sequence).cmp(&(other.due, other.sequence))
+    }
+}
+
+impl QueueState {
+    fn len(&self) -> usize {
+        self.by_priority.iter().map(VecDeque::len).sum()
+    }
+
+    fn pop(&mut self) -> Option<Stored> {
+        self.by_priority
+            .iter_mut()
+            .rev()
+            .find_map(VecDeque::pop_front)
+    }
+}
+
+/// Converts a wall-clock time into the monotonic clock, so that tokio's paused time works.
+fn instant_of(when: DateTime<FixedOffset>) -> Instant {
+    let delta = when - time::now();
+    match delta.to_std() {
+        Ok(ahead) => Instant::now() + ahead,
+        Err(_) => Instant::now(),
+    }
+}
+
+impl MemoryBroker {
+    /// An empty broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Puts raw bytes (a kombu envelope, or garbage) into `queue`, as another producer
+    /// sharing the broker could. They are decoded when fetched; bytes that do not decode are
+    /// delivered as [`Undecodable`].
+    pub fn publish_raw(&self, queue: &str, raw: Vec<u8>) {
+        let content = envelope::decode(&raw).map_err(|error| Undecodable {
+            raw,
+            error: error.to_string(),
+        });
+        self.push(
+            queue,
+            Stored {
+                content,
+                redelivered: false,
+                dead_letter_reason: None,
+            },
+            false,
+        );
+        self.shared.changed.notify_waiters();
+    }
+
+    /// Messages waiting for their eta, over all queues.
+    pub fn delayed_count(&self) -> usize {
+        self.lock().delayed.len()
+    }
+
+    fn push(&self, queue: &str, stored: Stored, front: bool) {
+        let mut state = self.lock();
+        let priority = stored.priority();
+        let lane = &mut state.queues.entry(queue.to_owned()).or_default().by_priority[priority];
+        if front {
+            lane.push_front(stored);
+        } else {
+            lane.push_back(stored);
+        }
+    }
+
+    fn delay(&self, queue: &str, stored: Stored, due: Instant) {
+        let sequence = self.shared.next_sequence.fetch_add(1, Ordering::Relaxed);
+        self.lock().delayed.push(Reverse(Delayed {
+            due,
+            sequence,
+            queue: queue.to_owned(),
+            stored,
+        }));
+    }
+}
+
+impl State {
+    /// Moves due delayed messages into their queues; returns when the next one is due.
+    fn promote_due(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(Reverse(next)) = self.delayed.peek() {
+            if next.due > now {
+                return Some(next.due);
+            }
+            let Reverse(due) = self.delayed.pop().expect("peeked");
+            let priority = due.stored.priority();
+            self.queues.entry(due.queue).or_default().by_priority[priority].push_back(due.stored);
+        }
+        None
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        self.lock().queues.entry(queue.to_owned()).or_default();
+        Ok(())
+    }
+
+    async fn publish(&self, messages: Vec<Publish>) -> Result<(), BrokerError> {
+        let now = time::now();
+        for publish in messages {
+            let eta = publish.message.headers.eta.filter(|eta| *eta > now);
+            let stored = Stored {
+                content: Ok(publish.message),
+                redelivered: false,
+                dead_letter_reason: None,
+            };
+            match eta {
+                Some(eta) => self.delay(&publish.queue, stored, instant_of(eta)),
+                None => self.push(&publish.queue, stored, false),
+            }
+        }
+        self.shared.changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn consume(&self, options: ConsumeOptions) -> Result<Arc<dyn Consumer>, BrokerError> {
+        if options.queues.is_empty() {
+            return Err(BrokerError::Refused("no queue to consume".into()));
+        }
+        Ok(Arc::new(MemoryConsumer {
+            broker: self.clone(),
+            options,
+            unacked: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+        }))
+    }
+
+    async fn queue_length(&self, queue: &str) -> Result<QueueLength, BrokerError> {
+        let state = self.lock();
+        let mut length = QueueLength::default();
+        if let Some(queue) = state.queues.get(queue) {
+            for (priority, lane) in queue.by_priority.iter().enumerate() {
+                if !lane.is_empty() {
+                    length.by_priority.insert(priority as u8, lane.len() as u64);
+                }
+            }
+            length.total = queue.len() as u64;
+        }
+        Ok(length)
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let mut state = self.lock();
+        Ok(state.queues.remove(queue).map_or(0, |queue| queue.len() as u64))
+    }
+
+    async fn dead_letters(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, BrokerError> {
+        let state = self.lock();
+        let Some(dead) = state.queues.get(&dead_letter_queue(queue)) else {
+            return Ok(Vec::new());
+        };
+        Ok(dead
+            .by_priority
+            .iter()
+            .rev()
+            .flatten()
+            .take(limit)
+            .map(|stored| DeadLetter {
+                queue: queue.to_owned(),
+                reason: stored.dead_letter_reason.clone().unwrap_or_default(),
+                content: stored.content.clone(),
+            })
+            .collect())
+    }
+}
+
+struct MemoryConsumer {
+    broker: MemoryBroker,
+    options: ConsumeOptions,
+    unacked: Mutex<HashMap<u64, (String, Stored)>>,
+    closed: AtomicBool,
+}
+
+impl MemoryConsumer {
+    fn take_unacked(&self, delivery: &Delivery) -> Result<(String, Stored), BrokerError> {
+        let DeliveryTag::Number(tag) = delivery.tag else {
+            return Err(BrokerError::Refused(format!("unknown delivery tag {}", delivery.tag)));
+        };
+        self.unacked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&tag)
+            .ok_or_else(|| BrokerError::Refused(format!("delivery {tag} is not unacked here")))
+    }
+
+    fn take_ready(&self, state: &mut State, max: usize) -> Vec<(String, Stored)> {
+        let mut taken = Vec::new();
+        let queues = &self.options.queues;
+        match &self.options.order {
+            QueueOrder::Strict => {
+                for queue in queues {
+                    let Some(ready) = state.queues.get_mut(queue) else {
+                        continue;
+                    };
+                    while taken.len() < max {
+                        match ready.pop() {
+                            Some(stored) => taken.push((queue.clone(), stored)),
+                            None => break,
+                        }
+                    }
+                    if taken.len() == max {
+                        break;
+                    }
+                }
+            }
+            order @ QueueOrder::Weighted(_) => {
+                // A fresh weighted order per message, so one fetch does not drain a queue.
+                while taken.len() < max {
+                    let next = order.sequence(queues.len()).into_iter().find_map(|index| {
+                        let queue = &queues[index];
+                        state
+                            .queues
+                            .get_mut(queue)
+                            .and_then(QueueState::pop)
+                            .map(|stored| (queue.clone(), stored))
+                    });
+                    match next {
+                        Some(item) => taken.push(item),
+                        None => break,
+                    }
+                }
+            }
+        }
+        taken
+    }
+
+    fn requeue_all(&self) {
+        let unacked: Vec<(String, Stored)> = self
+            .unacked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .drain()
+            .map(|(_, item)| item)
+            .collect();
+        if unacked.is_empty() {
+            return;
+        }
+        for (queue, mut stored) in unacked {
+            stored.redelivered = true;
+            self.broker.push(&queue, stored, true);
+        }
+        self.broker.shared.changed.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl Consumer for MemoryConsumer {
+    async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(BrokerError::Closed);
+            }
+            let changed = self.broker.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let next_due = {
+                let mut state = self.broker.lock();
+                let next_due = state.promote_due(Instant::now());
+                let taken = self.take_ready(&mut state, max.max(1));
+                drop(state);
+                if !taken.is_empty() {
+                    let mut unacked = self
+                        .unacked
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let deliveries = taken
+                        .into_iter()
+                        .map(|(queue, stored)| {
+                            let tag = self.broker.shared.next_tag.fetch_add(1, Ordering::Relaxed);
+                            let delivery = Delivery {
+                                tag: DeliveryTag::Number(tag),
+                                queue: queue.clone(),
+                                redelivered: stored.redelivered,
+                                content: stored.content.clone(),
+                            };
+                            unacked.insert(tag, (queue, stored));
+                            delivery
+                        })
+                        .collect();
+                    return Ok(deliveries);
+                }
+                next_due
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let wake_at = next_due.map_or(deadline, |due| due.min(deadline));
+            tokio::select! {
+                () = &mut changed => {}
+                () = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError> {
+        self.take_unacked(delivery).map(drop)
+    }
+
+    async fn reject(&self, delivery: &Delivery, requeue: bool) -> Result<(), BrokerError> {
+        let (queue, mut stored) = self.take_unacked(delivery)?;
+        if requeue {
+            stored.redelivered = true;
+            self.broker.push(&queue, stored, true);
+            self.broker.shared.changed.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BrokerError> {
+        let (queue, mut stored) = self.take_unacked(delivery)?;
+        if let Ok(message) = &mut stored.content {
+            message
+                .headers
+                .extra
+                .insert(DEAD_LETTER_REASON_HEADER.to_owned(), reason.into());
+        }
+        stored.dead_letter_reason = Some(reason.to_owned());
+        self.broker.push(&dead_letter_queue(&queue), stored, false);
+        Ok(())
+    }
+
+    async fn defer(
+        &self,
+        delivery: &Delivery,
+        until: DateTime<FixedOffset>,
+    ) -> Result<(), BrokerError> {
+        let (queue, stored) = self.take_unacked(delivery)?;
+        self.broker.delay(&queue, stored, instant_of(until));
+        self.broker.shared.changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), BrokerError> {
+        self.closed.store(true, Ordering::Release);
+        self.requeue_all();
+        Ok(())
+    }
+}
+
+impl Drop for MemoryConsumer {
+    fn drop(&mut self) {
+        // A consumer that goes away (a worker that died) gives its messages back.
+        self.requeue_all();
+    }
+}

@@ -1,0 +1,120 @@
+//! `cargo xtask`: the project's automation in Rust, so CI and developers run the same steps
+//! with nothing to install but cargo. It drives cargo and the servers; it depends on none
+//! of our crates, so it builds even when they do not.
+
+mod bench;
+mod python;
+mod services;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+use services::Service;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Lint, bring up the test services, run every test, print `N passed, M failed`.
+    Test {
+        /// Skip `cargo fmt --check` and `cargo clippy`.
+        #[arg(long)]
+        no_lint: bool,
+        /// Leave the services this run started running afterwards.
+        #[arg(long)]
+        keep_services: bool,
+        /// Passed to the test runner (nextest, or cargo test without it), e.g. a filter.
+        #[arg(last = true)]
+        extra: Vec<String>,
+    },
+    /// Install, start, stop and inspect Redis, RabbitMQ and PostgreSQL on loopback.
+    Services {
+        #[command(subcommand)]
+        action: ServicesCmd,
+    },
+    /// Run the throughput benchmark (`cargo bench --bench throughput -p queue`).
+    Bench {
+        /// Passed to the benchmark binary.
+        #[arg(last = true)]
+        extra: Vec<String>,
+    },
+    /// Create target/python-venv with Python Celery (for interop tests); print its path.
+    PythonVenv,
+}
+
+#[derive(Subcommand)]
+enum ServicesCmd {
+    /// Start services (installing them if missing), reusing any that already answer.
+    Up {
+        #[arg(value_enum, default_value = "all")]
+        which: Which,
+    },
+    /// Stop services that xtask started.
+    Down {
+        #[arg(value_enum, default_value = "all")]
+        which: Which,
+    },
+    /// Show which services answer and which xtask started.
+    Status,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Which {
+    Redis,
+    Rabbitmq,
+    Postgres,
+    All,
+}
+
+impl Which {
+    fn services(self) -> &'static [Service] {
+        match self {
+            Which::Redis => &[Service::Redis],
+            Which::Rabbitmq => &[Service::Rabbitmq],
+            Which::Postgres => &[Service::Postgres],
+            Which::All => services::ALL,
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Test {
+            no_lint,
+            keep_services,
+            extra,
+        } => test::run(test::Options {
+            lint: !no_lint,
+            keep_services,
+            extra,
+        }),
+        Cmd::Services { action } => match action {
+            ServicesCmd::Up { which } => services::up_cmd(which.services()),
+            ServicesCmd::Down { which } => services::down_cmd(which.services()),
+            ServicesCmd::Status => services::status_cmd(),
+        },
+        Cmd::Bench { extra } => bench::run(&extra),
+        Cmd::PythonVenv => python::run(),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}
