@@ -36,7 +36,11 @@ pub use queue_core::{backend, broker, connect, protocol, routing};
 pub use queue_macros::task;
 
 #[cfg(feature = "worker")]
-pub use queue_worker::{Hooks, Worker, WorkerError, WorkerHandle};
+pub use queue_worker::{Hooks, Outcome, Worker, WorkerError, WorkerHandle, WorkerStats};
+
+/// The worker crate: [`Worker`], [`Hooks`] and what they use.
+#[cfg(feature = "worker")]
+pub use queue_worker as worker;
 
 /// What most programs need: `use queue::prelude::*;`.
 pub mod prelude {

@@ -247,6 +247,9 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 pub trait Consumer: Send + Sync {
     /// Waits up to `wait` for at least one message, then returns up to `max` of them, taken
     /// in the consumer's queue order and by priority. Empty when `wait` elapsed.
+    ///
+    /// Cancel-safe: a fetch future dropped before it completes loses no message (one the
+    /// broker handed out at that moment counts as unacked and is delivered again).
     async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError>;
 
     /// The message is done: the broker forgets it.

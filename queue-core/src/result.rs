@@ -32,7 +32,7 @@ pub enum ResultError {
         /// Task id.
         id: String,
         /// The stored error.
-        error: TaskError,
+        error: Box<TaskError>,
     },
     /// The task was revoked or expired.
     #[error("task {id} was revoked: {reason}")]
@@ -182,9 +182,10 @@ impl<T: DeserializeOwned> AsyncResult<T> {
             }),
             _ => Err(ResultError::Failed {
                 id: self.id.clone(),
-                error: meta
-                    .error_value()
-                    .unwrap_or_else(|| TaskError::msg("failed")),
+                error: Box::new(
+                    meta.error_value()
+                        .unwrap_or_else(|| TaskError::msg("failed")),
+                ),
             }),
         }
     }

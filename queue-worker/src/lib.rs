@@ -1,1 +1,517 @@
+//! The worker of the `queue` task system.
+//!
+//! A [`Worker`] consumes several queues in an order (strict or weighted), runs up to
+//! `concurrency` tasks at once, fetches only what it can start soon, acks after the task
+//! (or before, per task), retries with backoff, enforces time and rate limits, runs
+//! [`Hooks`] around every task, dead-letters what cannot run, and shuts down warm on
+//! SIGTERM/SIGINT (cold on a second signal or after the shutdown timeout).
+//!
+//! It knows brokers and backends only through the traits of `queue-core`.
 
+mod execute;
+mod hooks;
+mod rate_limit;
+mod runtime;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use queue_core::{App, ConsumeOptions, Consumer, Delivery, QueueOrder, RetryPolicy};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, warn};
+
+pub use hooks::{Hooks, Outcome};
+pub use runtime::{Counter, WorkerStats};
+
+use runtime::{Config, Runtime};
+
+/// Errors that stop a worker.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The worker was configured with nothing to consume.
+    #[error("the worker has no queue to consume")]
+    NoQueues,
+    /// Signal handlers could not be installed.
+    #[error("could not install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The worker task itself failed (a bug).
+    #[error("worker task failed: {0}")]
+    Join(String),
+}
+
+/// A worker: consumes queues and runs tasks. Configure with the builder methods, then
+/// [`Worker::run`] (until SIGTERM/SIGINT), [`Worker::run_until`] or [`Worker::spawn`].
+///
+/// ```no_run
+/// # async fn example(app: queue_core::App) -> Result<(), queue_worker::WorkerError> {
+/// use std::time::Duration;
+/// use queue_worker::Worker;
+/// Worker::new(app)
+///     .queues(["orders", "celery"])      // "orders" first (strict order)
+///     .concurrency(32)
+///     .shutdown_timeout(Duration::from_secs(30))
+///     .run()
+///     .await
+/// # }
+/// ```
+pub struct Worker {
+    app: App,
+    queues: Vec<String>,
+    order: QueueOrder,
+    concurrency: usize,
+    prefetch: usize,
+    fetch_wait: Duration,
+    shutdown_timeout: Duration,
+    renew_interval: Duration,
+    cleanup_interval: Duration,
+    hooks: Vec<Arc<dyn Hooks>>,
+    node_name: String,
+    requeue_unknown_tasks: bool,
+}
+
+/// A worker running in the background, from [`Worker::spawn`].
+pub struct WorkerHandle {
+    warm: CancellationToken,
+    cold: CancellationToken,
+    stats: Arc<WorkerStats>,
+    task: tokio::task::JoinHandle<Result<(), WorkerError>>,
+}
+
+impl WorkerHandle {
+    /// Counters of what the worker has done.
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
+    /// Warm shutdown: stop taking messages, let running tasks finish (within the shutdown
+    /// timeout), then return.
+    pub async fn shutdown(self) -> Result<(), WorkerError> {
+        self.warm.cancel();
+        self.join().await
+    }
+
+    /// Cold shutdown: interrupt running tasks and give their messages back to the broker.
+    pub async fn shutdown_now(self) -> Result<(), WorkerError> {
+        self.warm.cancel();
+        self.cold.cancel();
+        self.join().await
+    }
+
+    async fn join(self) -> Result<(), WorkerError> {
+        self.task
+            .await
+            .map_err(|error| WorkerError::Join(error.to_string()))?
+    }
+}
+
+impl Worker {
+    /// A worker for `app`, consuming the app's default queue, with concurrency equal to the
+    /// number of CPUs (at least 4, since most tasks wait on I/O).
+    pub fn new(app: App) -> Self {
+        let concurrency = std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(4)
+            .max(4);
+        Self {
+            queues: vec![app.router().default_queue().to_owned()],
+            order: QueueOrder::Strict,
+            concurrency,
+            prefetch: 0,
+            fetch_wait: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(30),
+            renew_interval: Duration::from_secs(60),
+            cleanup_interval: Duration::from_secs(3600),
+            hooks: Vec::new(),
+            node_name: format!("celery@{}", queue_core::app::hostname()),
+            requeue_unknown_tasks: false,
+            app,
+        }
+    }
+
+    /// Queues to consume, in strict order: an earlier queue is always served first.
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = queues.into_iter().map(Into::into).collect();
+        self.order = QueueOrder::Strict;
+        self
+    }
+
+    /// Queues with weights: each fetch orders the queues at random, a queue of weight 3
+    /// first three times as often as one of weight 1 (none starves).
+    pub fn weighted_queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = (S, u32)>,
+        S: Into<String>,
+    {
+        let (names, weights): (Vec<String>, Vec<u32>) = queues
+            .into_iter()
+            .map(|(name, weight)| (name.into(), weight))
+            .unzip();
+        self.queues = names;
+        self.order = QueueOrder::Weighted(weights);
+        self
+    }
+
+    /// Most tasks running at once.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Messages the worker may hold beyond its free slots (default 0: it fetches only what it
+    /// can start now, so short tasks never wait behind long ones in this worker).
+    pub fn prefetch(mut self, prefetch: usize) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// How long one fetch waits for messages before checking for shutdown (default 1 s).
+    pub fn fetch_wait(mut self, wait: Duration) -> Self {
+        self.fetch_wait = wait.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a warm shutdown waits for running tasks before going cold (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How often the worker tells the broker it still works on what it holds (default 60 s).
+    pub fn renew_interval(mut self, interval: Duration) -> Self {
+        self.renew_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How often the worker removes expired results from the backend (default 1 h).
+    pub fn cleanup_interval(mut self, interval: Duration) -> Self {
+        self.cleanup_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Adds hooks that run around every task.
+    pub fn hooks(mut self, hooks: impl Hooks) -> Self {
+        self.hooks.push(Arc::new(hooks));
+        self
+    }
+
+    /// This worker's node name, as in events and stored results (default `celery@<host>`).
+    pub fn node_name(mut self, name: impl Into<String>) -> Self {
+        self.node_name = name.into();
+        self
+    }
+
+    /// Requeue messages of unknown tasks (for another worker) instead of dead-lettering them.
+    pub fn requeue_unknown_tasks(mut self, requeue: bool) -> Self {
+        self.requeue_unknown_tasks = requeue;
+        self
+    }
+
+    /// Runs until SIGTERM or SIGINT (warm shutdown); a second signal shuts down cold.
+    pub async fn run(self) -> Result<(), WorkerError> {
+        let warm = CancellationToken::new();
+        let cold = CancellationToken::new();
+        // Installed before anything runs, so that no signal meets the default handler.
+        let listener = SignalListener::install().map_err(WorkerError::Signals)?;
+        let signals = tokio::spawn(listener.watch(warm.clone(), cold.clone()));
+        let result = self.run_with(warm, cold).await;
+        signals.abort();
+        result
+    }
+
+    /// Runs until `shutdown` completes, then shuts down warm.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+        let warm = CancellationToken::new();
+        let cold = CancellationToken::new();
+        let trigger = warm.clone();
+        let run = self.run_with(warm, cold);
+        tokio::pin!(run);
+        tokio::select! {
+            result = &mut run => return result,
+            () = shutdown => trigger.cancel(),
+        }
+        run.await
+    }
+
+    /// Runs in the background; the handle shuts it down.
+    pub fn spawn(self) -> WorkerHandle {
+        let warm = CancellationToken::new();
+        let cold = CancellationToken::new();
+        let stats = Arc::new(WorkerStats::default());
+        let task = tokio::spawn(self.run_inner(warm.clone(), cold.clone(), stats.clone()));
+        WorkerHandle {
+            warm,
+            cold,
+            stats,
+            task,
+        }
+    }
+
+    async fn run_with(
+        self,
+        warm: CancellationToken,
+        cold: CancellationToken,
+    ) -> Result<(), WorkerError> {
+        self.run_inner(warm, cold, Arc::new(WorkerStats::default()))
+            .await
+    }
+
+    async fn run_inner(
+        self,
+        warm: CancellationToken,
+        cold: CancellationToken,
+        stats: Arc<WorkerStats>,
+    ) -> Result<(), WorkerError> {
+        if self.queues.is_empty() {
+            return Err(WorkerError::NoQueues);
+        }
+        let span = tracing::info_span!("worker", node = %self.node_name);
+        async move {
+            info!(queues = ?self.queues, concurrency = self.concurrency, "worker starting");
+            let Some(consumer) = self.connect(&warm).await else {
+                info!("worker stopped before it could consume");
+                return Ok(());
+            };
+            let runtime = Arc::new(Runtime {
+                app: self.app.clone(),
+                consumer,
+                hooks: self.hooks.clone(),
+                rate_limits: Default::default(),
+                stats,
+                config: Config {
+                    node_name: self.node_name.clone(),
+                    requeue_unknown_tasks: self.requeue_unknown_tasks,
+                },
+                cold: cold.clone(),
+                in_flight: Default::default(),
+            });
+            let background = self.spawn_background(&runtime);
+            self.consume_loop(&runtime, &warm).await;
+            for task in background {
+                task.abort();
+            }
+            if let Err(error) = runtime.consumer.close().await {
+                warn!(%error, "closing the consumer failed");
+            }
+            info!(
+                succeeded = runtime.stats.succeeded.get(),
+                failed = runtime.stats.failed.get(),
+                "worker stopped"
+            );
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Starts consuming, retrying with backoff while the broker is unavailable.
+    async fn connect(&self, warm: &CancellationToken) -> Option<Arc<dyn Consumer>> {
+        let options = ConsumeOptions::new(self.queues.clone())
+            .order(self.order.clone())
+            .prefetch(self.concurrency + self.prefetch);
+        let backoff = reconnect_backoff();
+        let mut attempt = 0;
+        loop {
+            for queue in &self.queues {
+                if let Err(error) = self.app.broker().declare_queue(queue).await {
+                    debug!(%error, queue, "declare failed");
+                }
+            }
+            match self.app.broker().consume(options.clone()).await {
+                Ok(consumer) => return Some(consumer),
+                Err(error) => {
+                    let delay = backoff.delay_for(attempt);
+                    attempt += 1;
+                    error!(%error, ?delay, attempt, "cannot consume; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = warm.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn_background(&self, runtime: &Arc<Runtime>) -> Vec<tokio::task::JoinHandle<()>> {
+        let renew = {
+            let runtime = runtime.clone();
+            let interval = self.renew_interval;
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(interval);
+                ticker.tick().await;
+                loop {
+                    ticker.tick().await;
+                    let tags = runtime.in_flight_tags();
+                    if !tags.is_empty() {
+                        if let Err(error) = runtime.consumer.renew(&tags).await {
+                            warn!(%error, count = tags.len(), "renewing visibility failed");
+                        }
+                    }
+                }
+            })
+        };
+        let mut tasks = vec![renew];
+        if let Some(backend) = self.app.backend().cloned() {
+            let interval = self.cleanup_interval;
+            tasks.push(tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(interval);
+                loop {
+                    ticker.tick().await;
+                    match backend.cleanup_expired().await {
+                        Ok(0) => {}
+                        Ok(removed) => info!(removed, "expired results removed"),
+                        Err(error) => warn!(%error, "result cleanup failed"),
+                    }
+                }
+            }));
+        }
+        tasks
+    }
+
+    /// Fetches only for free slots (plus `prefetch`), starts each delivery in a slot, and on
+    /// shutdown gives back what was fetched but not started, then waits for running tasks.
+    async fn consume_loop(&self, runtime: &Arc<Runtime>, warm: &CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let mut buffer: VecDeque<Delivery> = VecDeque::new();
+        let mut running = JoinSet::new();
+        let backoff = reconnect_backoff();
+        let mut failures = 0;
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = warm.cancelled() => break,
+                permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            };
+            while running.try_join_next().is_some() {}
+            if buffer.is_empty() {
+                let want = slots.available_permits() + 1 + self.prefetch;
+                // `fetch` is cancel-safe (see `Consumer::fetch`): shutdown need not wait for it.
+                let fetched = tokio::select! {
+                    biased;
+                    () = warm.cancelled() => break,
+                    fetched = runtime.consumer.fetch(want, self.fetch_wait) => fetched,
+                };
+                match fetched {
+                    Ok(deliveries) => {
+                        failures = 0;
+                        for delivery in &deliveries {
+                            runtime.stats.received.increment();
+                            runtime.track(&delivery.tag);
+                        }
+                        buffer.extend(deliveries);
+                    }
+                    Err(error) => {
+                        let delay = backoff.delay_for(failures);
+                        failures += 1;
+                        error!(%error, ?delay, "fetch failed; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = warm.cancelled() => break,
+                        }
+                    }
+                }
+            }
+            if warm.is_cancelled() {
+                break;
+            }
+            let Some(delivery) = buffer.pop_front() else {
+                continue;
+            };
+            let runtime = runtime.clone();
+            running.spawn(async move {
+                let tag = delivery.tag.clone();
+                execute::handle(runtime.clone(), delivery).await;
+                runtime.untrack(&tag);
+                drop(permit);
+            });
+        }
+        info!(
+            running = running.len(),
+            buffered = buffer.len(),
+            "warm shutdown: no new tasks"
+        );
+        for delivery in buffer {
+            runtime.reject(&delivery, true).await;
+            runtime.untrack(&delivery.tag);
+        }
+        let finished = tokio::time::timeout(self.shutdown_timeout, async {
+            while running.join_next().await.is_some() {}
+        });
+        tokio::select! {
+            result = finished => {
+                if result.is_err() {
+                    warn!(timeout = ?self.shutdown_timeout, "shutdown timeout: going cold");
+                }
+            }
+            () = runtime.cold.cancelled() => {}
+        }
+        if !running.is_empty() {
+            runtime.cold.cancel();
+            info!(running = running.len(), "cold shutdown: requeueing unfinished tasks");
+            while running.join_next().await.is_some() {}
+        }
+    }
+}
+
+fn reconnect_backoff() -> RetryPolicy {
+    RetryPolicy {
+        max_retries: None,
+        delay: Duration::from_millis(100),
+        backoff: true,
+        backoff_max: Duration::from_secs(30),
+        jitter: true,
+    }
+}
+
+/// Listens for SIGTERM and SIGINT (Ctrl-C elsewhere than Unix).
+struct SignalListener {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl SignalListener {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+
+    /// First signal: warm shutdown; second: cold.
+    async fn watch(mut self, warm: CancellationToken, cold: CancellationToken) {
+        self.next().await;
+        info!("signal received: warm shutdown (send again for cold shutdown)");
+        warm.cancel();
+        self.next().await;
+        info!("second signal: cold shutdown");
+        cold.cancel();
+    }
+}
