@@ -2,8 +2,10 @@
 //! a URL into a broker or a backend.
 //!
 //! `memory://` is built in. Other schemes come from the crates that implement them
-//! (`queue-redis`, `queue-amqp`, `queue-results`), registered with [`register_connector`] or
-//! on the builder; an unknown scheme is an error that names the feature to enable.
+//! (`queue-redis`, `queue-amqp`, `queue-results`): each adds its connector to the
+//! [`CONNECTORS`] slice at link time, so enabling a feature of the facade is all it takes.
+//! Connectors can also be added with [`register_connector`] or on the builder. An unknown
+//! scheme is an error that names the feature to enable.
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
@@ -104,6 +106,19 @@ impl Connector for MemoryConnector {
     }
 }
 
+/// Connectors contributed at link time by the broker and backend crates:
+///
+/// ```ignore
+/// #[linkme::distributed_slice(queue_core::connect::CONNECTORS)]
+/// #[linkme(crate = queue_core::connect::linkme)]
+/// pub static REDIS_CONNECTOR: fn() -> Arc<dyn Connector> = || Arc::new(RedisConnector);
+/// ```
+#[linkme::distributed_slice]
+pub static CONNECTORS: [fn() -> Arc<dyn Connector>];
+
+#[doc(hidden)]
+pub use linkme;
+
 static REGISTERED: RwLock<Vec<Arc<dyn Connector>>> = RwLock::new(Vec::new());
 
 /// Makes a connector available to every application built afterwards.
@@ -115,10 +130,12 @@ pub fn register_connector(connector: Arc<dyn Connector>) {
 }
 
 pub(crate) fn registered_connectors() -> Vec<Arc<dyn Connector>> {
-    REGISTERED
+    let mut connectors = REGISTERED
         .read()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone()
+        .clone();
+    connectors.extend(CONNECTORS.iter().map(|make| make()));
+    connectors
 }
 
 /// The `queue` crate feature that provides a scheme.

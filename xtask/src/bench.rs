@@ -7,11 +7,11 @@ use crate::services::{Service, Session};
 use crate::util::{self, Result};
 
 /// Servers the benchmark talks to; their `QUEUE_TEST_*` URLs are exported to it.
-const BENCH_SERVICES: &[Service] = &[];
+const BENCH_SERVICES: &[Service] = &[Service::Redis, Service::Rabbitmq, Service::Postgres];
 
 /// Whether the benchmark compares against Python Celery; if so the venv is prepared and
 /// its interpreter exported as `QUEUE_BENCH_PYTHON`.
-const BENCH_NEEDS_PYTHON: bool = false;
+const BENCH_NEEDS_PYTHON: bool = true;
 
 pub fn run(extra: &[String]) -> Result<()> {
     let mut cmd = util::cargo();
