@@ -184,11 +184,13 @@ impl App {
         let publish = self.prepare(signature)?;
         let id = publish.message.headers.id.clone();
         let span = publish_span(&publish);
-        self.inner
-            .broker
-            .publish(vec![publish])
-            .instrument(span)
-            .await?;
+        async {
+            self.inner.broker.publish(vec![publish]).await?;
+            tracing::debug!("task sent");
+            Ok::<_, Error>(())
+        }
+        .instrument(span)
+        .await?;
         Ok(AsyncResult::new(self.clone(), id))
     }
 
@@ -206,7 +208,13 @@ impl App {
             .map(|publish| publish.message.headers.id.clone())
             .collect();
         let span = tracing::debug_span!("publish_batch", count = batch.len());
-        self.inner.broker.publish(batch).instrument(span).await?;
+        async {
+            self.inner.broker.publish(batch).await?;
+            tracing::debug!(count = ids.len(), "tasks sent");
+            Ok::<_, Error>(())
+        }
+        .instrument(span)
+        .await?;
         Ok(ids
             .into_iter()
             .map(|id| AsyncResult::new(self.clone(), id))

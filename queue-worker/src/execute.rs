@@ -36,7 +36,9 @@ pub(crate) async fn handle(runtime: Arc<Runtime>, delivery: Delivery) {
             return;
         }
     };
-    let span = tracing::info_span!(
+    // ERROR level so that the span (and its fields) is enabled whenever any event of the
+    // task is: a warning logged with `RUST_LOG=warn` still names the task.
+    let span = tracing::error_span!(
         "task",
         task_id = %message.headers.id,
         task_name = %message.headers.task,
@@ -69,6 +71,7 @@ impl Execution {
 
     async fn run(self) {
         let name = self.message.headers.task.clone();
+        debug!(redelivered = self.delivery.redelivered, "task received");
         let Some(task) = self.runtime.app.registry().get(&name).cloned() else {
             return self.unknown_task().await;
         };
@@ -293,14 +296,17 @@ impl Execution {
         message.headers.parent_id = Some(self.message.headers.id.clone());
         let publish = Publish::new(self.delivery.queue.clone(), message);
         let span = queue_core::app::publish_span(&publish);
-        match self
-            .runtime
-            .app
-            .broker()
-            .publish(vec![publish])
-            .instrument(span)
-            .await
-        {
+        let broker = self.runtime.app.broker();
+        let published = async {
+            let published = broker.publish(vec![publish]).await;
+            if published.is_ok() {
+                debug!("retry sent");
+            }
+            published
+        }
+        .instrument(span)
+        .await;
+        match published {
             Ok(()) => {
                 info!(?delay, retry = retries + 1, %error, "task will be retried");
                 Some(delay)
