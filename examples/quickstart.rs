@@ -30,7 +30,12 @@ async fn resize(image_id: u64, width: u32) -> String {
 }
 
 /// Fails on its first two runs, then succeeds: retried with exponential backoff.
-#[task(name = "tasks.flaky", max_retries = 5, retry_delay = 0.05, retry_backoff = true)]
+#[task(
+    name = "tasks.flaky",
+    max_retries = 5,
+    retry_delay = 0.05,
+    retry_backoff = true
+)]
 async fn flaky(context: TaskContext) -> Result<u32, TaskError> {
     if context.retries() < 2 {
         return Err(TaskError::new("ConnectionError", "upstream not ready").into_retry());
@@ -53,8 +58,7 @@ const TASKS: usize = 300;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
 
@@ -96,9 +100,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .concurrency(8)
         .spawn();
 
-    let progress = ProgressBar::new(results.len() as u64).with_style(
-        ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} tasks {msg}")?,
-    );
+    let progress = ProgressBar::new(results.len() as u64).with_style(ProgressStyle::with_template(
+        "{bar:40.cyan/blue} {pos}/{len} tasks {msg}",
+    )?);
     let mut pending: FuturesUnordered<_> = results
         .iter()
         .map(|result| async move { result.get(Duration::from_secs(30)).await })
@@ -133,9 +137,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  tasks.add(1, 1)        = {first_sum}");
     println!("  tasks.resize(0, 640)   = {first_resize:?}");
     println!("  tasks.flaky()          = succeeded after {retries} retries");
-    match app.result::<()>(results[TASKS - 1].id()).get(Duration::ZERO).await {
+    match app
+        .result::<()>(results[TASKS - 1].id())
+        .get(Duration::ZERO)
+        .await
+    {
         Err(ResultError::Failed { error, .. }) => {
-            println!("  tasks.charge(4200)     = {}: {}", error.exc_type(), error.message())
+            println!(
+                "  tasks.charge(4200)     = {}: {}",
+                error.exc_type(),
+                error.message()
+            )
         }
         other => println!("  tasks.charge(4200)     = unexpected {other:?}"),
     }

@@ -26,9 +26,9 @@
 pub use queue_core::{
     App, AppBuilder, Arguments, AsyncResult, BackendError, Broker, BrokerError, ConsumeOptions,
     Consumer, DeadLetter, Delivery, DeliveryTag, Error, GroupMeta, MAX_PRIORITY, MemoryBackend,
-    MemoryBroker, Message, Publish, QueueLength, QueueOrder, RateLimit, ResultBackend,
-    ResultError, RetryPolicy, Signature, Task, TaskBody, TaskContext, TaskError, TaskErrorKind,
-    TaskMeta, TaskOptions, TaskState, TypedSignature,
+    MemoryBroker, Message, Publish, QueueLength, QueueOrder, RateLimit, ResultBackend, ResultError,
+    RetryPolicy, Signature, Task, TaskBody, TaskContext, TaskError, TaskErrorKind, TaskMeta,
+    TaskOptions, TaskState, TypedSignature,
 };
 pub use queue_core::{backend, broker, connect, protocol, routing};
 
@@ -44,18 +44,18 @@ pub use queue_worker as worker;
 
 /// What most programs need: `use queue::prelude::*;`.
 pub mod prelude {
-    pub use crate::{App, AsyncResult, Signature, TaskContext, TaskError, TaskState};
-    #[cfg(feature = "macros")]
-    pub use crate::task;
     #[cfg(feature = "worker")]
     pub use crate::Worker;
+    #[cfg(feature = "macros")]
+    pub use crate::task;
+    pub use crate::{App, AsyncResult, Signature, TaskContext, TaskError, TaskState};
 }
 
 /// Used by the code `#[task]` generates; not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use futures::future::BoxFuture;
     pub use futures::FutureExt;
+    pub use futures::future::BoxFuture;
     pub use queue_core::task::encode_output;
     pub use serde_json::Value;
     pub use std::sync::Arc;

@@ -70,11 +70,23 @@ async fn task_and_publish_spans_carry_id_name_queue_and_retries_without_secrets(
     let id = result.id();
     let execution = format!("task{{task_id={id} task_name=logs.flaky queue=logged retries=0}}");
     let retried = format!("task{{task_id={id} task_name=logs.flaky queue=logged retries=1}}");
-    assert!(logs.contains(&execution), "no first execution span in:\n{logs}");
-    assert!(logs.contains(&retried), "no retried execution span in:\n{logs}");
+    assert!(
+        logs.contains(&execution),
+        "no first execution span in:\n{logs}"
+    );
+    assert!(
+        logs.contains(&retried),
+        "no retried execution span in:\n{logs}"
+    );
     assert!(logs.contains("task will be retried"), "{logs}");
     assert!(logs.contains("task succeeded"), "{logs}");
     let publish = format!("publish{{task_id={id} task_name=logs.flaky queue=logged retries=1}}");
-    assert!(logs.contains(&publish), "no publish span for the retry in:\n{logs}");
-    assert!(!logs.contains("s3cr3t-pass"), "a secret reached the logs:\n{logs}");
+    assert!(
+        logs.contains(&publish),
+        "no publish span for the retry in:\n{logs}"
+    );
+    assert!(
+        !logs.contains("s3cr3t-pass"),
+        "a secret reached the logs:\n{logs}"
+    );
 }

@@ -25,7 +25,11 @@ fn is_transient(error: &PaymentError) -> bool {
 
 /// Fails with a timeout until its retry count reaches `succeed_at`, then returns it.
 #[task(name = "failures.charge", max_retries = 5, retry_delay = 0.01, retry_on = is_transient)]
-async fn charge(context: TaskContext, succeed_at: u32, declined: bool) -> Result<u32, PaymentError> {
+async fn charge(
+    context: TaskContext,
+    succeed_at: u32,
+    declined: bool,
+) -> Result<u32, PaymentError> {
     if declined {
         return Err(PaymentError::Declined);
     }
@@ -38,7 +42,12 @@ async fn charge(context: TaskContext, succeed_at: u32, declined: bool) -> Result
 #[tokio::test]
 async fn errors_named_by_retry_on_are_retried_with_retries_plus_one() {
     init_logs();
-    let app = App::builder().backend("memory://").task(charge).build().await.unwrap();
+    let app = App::builder()
+        .backend("memory://")
+        .task(charge)
+        .build()
+        .await
+        .unwrap();
     let worker = Worker::new(app.clone()).spawn();
     let result = charge::new(3, false).send(&app).await.unwrap();
     assert_eq!(result.get(WAIT).await.unwrap(), 3);
@@ -64,7 +73,10 @@ async fn exhausted_retries_fail_and_dead_letter_the_message() {
     let worker = Worker::new(app.clone()).spawn();
     let result = charge::new(100, false).send(&app).await.unwrap();
     let error = result.get(WAIT).await.unwrap_err();
-    assert!(matches!(&error, ResultError::Failed { error, .. } if error.message() == "gateway timeout"), "{error}");
+    assert!(
+        matches!(&error, ResultError::Failed { error, .. } if error.message() == "gateway timeout"),
+        "{error}"
+    );
     assert_eq!(worker.stats().retried.get(), 5, "max_retries = 5");
     worker.shutdown().await.unwrap();
     let dead = app.broker().dead_letters("celery", 10).await.unwrap();
@@ -97,10 +109,16 @@ async fn a_retry_waits_in_the_broker_not_in_the_worker() {
     let memory = Memory::new();
     let app = memory.builder().task(retry_later).build().await.unwrap();
     let (retried_tx, mut retried) = tokio::sync::mpsc::unbounded_channel();
-    let worker = Worker::new(app.clone()).hooks(RetrySignal(retried_tx)).spawn();
+    let worker = Worker::new(app.clone())
+        .hooks(RetrySignal(retried_tx))
+        .spawn();
     let result = retry_later::new().send(&app).await.unwrap();
     let delay = retried.recv().await.unwrap();
-    assert_eq!(delay, Duration::from_millis(1000), "the countdown the task asked for");
+    assert_eq!(
+        delay,
+        Duration::from_millis(1000),
+        "the countdown the task asked for"
+    );
     // RETRY is stored while the retry waits in the broker's delay store, not in the worker.
     assert_eq!(result.state().await.unwrap(), TaskState::Retry);
     assert_eq!(memory.broker.delayed_count(), 1);
@@ -147,7 +165,9 @@ async fn a_panic_fails_that_task_only() {
         other => panic!("expected a failure, got {other:?}"),
     }
     match async_panic.get(WAIT).await {
-        Err(ResultError::Failed { error, .. }) => assert!(error.message().contains("index out of bounds")),
+        Err(ResultError::Failed { error, .. }) => {
+            assert!(error.message().contains("index out of bounds"))
+        }
         other => panic!("expected a failure, got {other:?}"),
     }
     assert_eq!(after.get(WAIT).await.unwrap(), "still here");
@@ -156,13 +176,26 @@ async fn a_panic_fails_that_task_only() {
 
 #[tokio::test]
 async fn wrong_arguments_fail_without_retry() {
-    let app = App::builder().backend("memory://").task(charge).build().await.unwrap();
+    let app = App::builder()
+        .backend("memory://")
+        .task(charge)
+        .build()
+        .await
+        .unwrap();
     let worker = Worker::new(app.clone()).spawn();
-    let result = Signature::new("failures.charge").arg("not a number").send(&app).await.unwrap();
+    let result = Signature::new("failures.charge")
+        .arg("not a number")
+        .send(&app)
+        .await
+        .unwrap();
     match result.get(WAIT).await {
         Err(ResultError::Failed { error, .. }) => {
             assert_eq!(error.exc_type(), "TypeError");
-            assert!(error.message().contains("succeed_at"), "{}", error.message());
+            assert!(
+                error.message().contains("succeed_at"),
+                "{}",
+                error.message()
+            );
         }
         other => panic!("expected a failure, got {other:?}"),
     }
@@ -174,12 +207,19 @@ async fn wrong_arguments_fail_without_retry() {
 async fn undecodable_and_unknown_messages_are_dead_lettered_and_the_worker_goes_on() {
     let memory = Memory::new();
     let app = memory.builder().task(ok).build().await.unwrap();
-    memory.broker.publish_raw("celery", b"this is not a message".to_vec());
-    let unknown = Signature::new("failures.nobody_knows_me").send(&app).await.unwrap();
+    memory
+        .broker
+        .publish_raw("celery", b"this is not a message".to_vec());
+    let unknown = Signature::new("failures.nobody_knows_me")
+        .send(&app)
+        .await
+        .unwrap();
     // A message whose body is not [args, kwargs, embed].
     let mut bad_body = app.prepare(Signature::new("failures.ok")).unwrap().message;
     bad_body.body = b"[1, 2]".to_vec();
-    memory.broker.publish_raw("celery", envelope::encode(&bad_body));
+    memory
+        .broker
+        .publish_raw("celery", envelope::encode(&bad_body));
     let after = ok::new().send(&app).await.unwrap();
 
     let worker = Worker::new(app.clone()).concurrency(1).spawn();
@@ -190,8 +230,14 @@ async fn undecodable_and_unknown_messages_are_dead_lettered_and_the_worker_goes_
     let reasons: Vec<&str> = dead.iter().map(|letter| letter.reason.as_str()).collect();
     assert_eq!(dead.len(), 3, "{reasons:?}");
     assert!(reasons[0].starts_with("undecodable message"), "{reasons:?}");
-    assert_eq!(dead[0].content.as_ref().unwrap_err().raw, b"this is not a message");
-    assert!(reasons[1].contains("unknown task \"failures.nobody_knows_me\""), "{reasons:?}");
+    assert_eq!(
+        dead[0].content.as_ref().unwrap_err().raw,
+        b"this is not a message"
+    );
+    assert!(
+        reasons[1].contains("unknown task \"failures.nobody_knows_me\""),
+        "{reasons:?}"
+    );
     assert!(reasons[2].starts_with("undecodable body"), "{reasons:?}");
     // The unknown task's FAILURE is stored, as Celery stores NotRegistered.
     match unknown.get(WAIT).await {
@@ -202,13 +248,22 @@ async fn undecodable_and_unknown_messages_are_dead_lettered_and_the_worker_goes_
 
 #[tokio::test]
 async fn expired_tasks_are_revoked_not_run() {
-    let app = App::builder().backend("memory://").task(ok).build().await.unwrap();
+    let app = App::builder()
+        .backend("memory://")
+        .task(ok)
+        .build()
+        .await
+        .unwrap();
     let expired = ok::new()
         .expires_at(chrono::Utc::now() - chrono::Duration::seconds(1))
         .send(&app)
         .await
         .unwrap();
-    let fresh = ok::new().expires_in(Duration::from_secs(60)).send(&app).await.unwrap();
+    let fresh = ok::new()
+        .expires_in(Duration::from_secs(60))
+        .send(&app)
+        .await
+        .unwrap();
     let worker = Worker::new(app.clone()).concurrency(1).spawn();
     assert_eq!(fresh.get(WAIT).await.unwrap(), "still here");
     match expired.get(WAIT).await {
@@ -260,13 +315,21 @@ async fn time_limits_stop_tasks_async_and_sync() {
     }
     assert_eq!(soft.get(WAIT).await.unwrap(), "stopped at the soft limit");
     // Both slots are free again.
-    assert_eq!(ok::new().send(&app).await.unwrap().get(WAIT).await.unwrap(), "still here");
+    assert_eq!(
+        ok::new().send(&app).await.unwrap().get(WAIT).await.unwrap(),
+        "still here"
+    );
     worker.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_time_limit_on_the_call_overrides_the_task() {
-    let app = App::builder().backend("memory://").task(polite).build().await.unwrap();
+    let app = App::builder()
+        .backend("memory://")
+        .task(polite)
+        .build()
+        .await
+        .unwrap();
     let worker = Worker::new(app.clone()).spawn();
     let result = polite::new()
         .soft_time_limit(Duration::from_millis(10))
@@ -288,7 +351,14 @@ async fn quiet(context: TaskContext) {
 async fn ignore_result_stores_nothing() {
     let log: Arc<Mutex<Vec<String>>> = Default::default();
     let memory = Memory::new();
-    let app = memory.builder().task(quiet).task(ok).state(log.clone()).build().await.unwrap();
+    let app = memory
+        .builder()
+        .task(quiet)
+        .task(ok)
+        .state(log.clone())
+        .build()
+        .await
+        .unwrap();
     let ignored = quiet::new().send(&app).await.unwrap();
     let stored = ok::new().send(&app).await.unwrap();
     let worker = Worker::new(app.clone()).concurrency(1).spawn();
@@ -321,7 +391,9 @@ async fn ignore_result_stores_nothing() {
 
 #[task(name = "failures.announce")]
 async fn announce(context: TaskContext) -> u32 {
-    let done = context.state::<tokio::sync::mpsc::UnboundedSender<String>>().unwrap();
+    let done = context
+        .state::<tokio::sync::mpsc::UnboundedSender<String>>()
+        .unwrap();
     done.send(context.id().to_owned()).unwrap();
     7
 }

@@ -51,7 +51,10 @@ async fn a_sent_task_runs_and_its_typed_result_is_read_back_by_id() {
         .send(&app)
         .await
         .unwrap();
-    assert_eq!(by_name.get(WAIT).await.unwrap(), serde_json::json!("hello ada!"));
+    assert_eq!(
+        by_name.get(WAIT).await.unwrap(),
+        serde_json::json!("hello ada!")
+    );
     let omitted = greet::new("bob".into(), None).send(&app).await.unwrap();
     assert_eq!(omitted.get(WAIT).await.unwrap(), "hello bob");
 
@@ -64,7 +67,10 @@ async fn unknown_result_is_pending_and_get_times_out() {
     let result: AsyncResult<i64> = app.result("no-such-task");
     assert_eq!(result.state().await.unwrap(), TaskState::Pending);
     let error = result.get(Duration::from_millis(20)).await.unwrap_err();
-    assert!(matches!(error, queue::ResultError::Timeout { .. }), "{error}");
+    assert!(
+        matches!(error, queue::ResultError::Timeout { .. }),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -97,20 +103,44 @@ async fn routing_explicit_then_globs_then_task_queue_then_default() {
     send_mail::new().send(&app).await.unwrap();
     add::new(1, 2).send(&app).await.unwrap();
     add::new(1, 2).queue("elsewhere").send(&app).await.unwrap();
-    Signature::new("unregistered.task").send(&app).await.unwrap();
+    Signature::new("unregistered.task")
+        .send(&app)
+        .await
+        .unwrap();
     let broker = app.broker();
-    assert_eq!(broker.queue_length("reports").await.unwrap().total, 1, "task's own queue");
-    assert_eq!(broker.queue_length("outbox").await.unwrap().total, 1, "route wins over task queue");
+    assert_eq!(
+        broker.queue_length("reports").await.unwrap().total,
+        1,
+        "task's own queue"
+    );
+    assert_eq!(
+        broker.queue_length("outbox").await.unwrap().total,
+        1,
+        "route wins over task queue"
+    );
     assert_eq!(broker.queue_length("mail").await.unwrap().total, 0);
-    assert_eq!(broker.queue_length("elsewhere").await.unwrap().total, 1, "explicit queue");
-    assert_eq!(broker.queue_length("celery").await.unwrap().total, 2, "default queue");
+    assert_eq!(
+        broker.queue_length("elsewhere").await.unwrap().total,
+        1,
+        "explicit queue"
+    );
+    assert_eq!(
+        broker.queue_length("celery").await.unwrap().total,
+        2,
+        "default queue"
+    );
 }
 
 type Log = Arc<Mutex<Vec<String>>>;
 
 #[task(name = "flow.record")]
 async fn record(context: TaskContext, label: String) {
-    context.state::<Log>().expect("log registered").lock().unwrap().push(label);
+    context
+        .state::<Log>()
+        .expect("log registered")
+        .lock()
+        .unwrap()
+        .push(label);
 }
 
 /// Runs the worker until every result is ready (waiting on the results, not on time).
@@ -138,7 +168,10 @@ async fn higher_priority_runs_first_within_a_queue() {
     let app = recording_app(&log).await;
     let mut results = Vec::new();
     for priority in [0u8, 9, 3, 9, 5] {
-        let sent = record::new(format!("p{priority}")).priority(priority).send(&app).await;
+        let sent = record::new(format!("p{priority}"))
+            .priority(priority)
+            .send(&app)
+            .await;
         results.push(sent.unwrap().untyped());
     }
     run_until_done(Worker::new(app.clone()).concurrency(1), results).await;
@@ -151,11 +184,23 @@ async fn strict_queue_order_serves_the_first_queue_first() {
     let app = recording_app(&log).await;
     let mut calls = Vec::new();
     for index in 0..3 {
-        calls.push(record::new(format!("low{index}")).queue("low").priority(9).into());
-        calls.push(record::new(format!("high{index}")).queue("high").priority(0).into());
+        calls.push(
+            record::new(format!("low{index}"))
+                .queue("low")
+                .priority(9)
+                .into(),
+        );
+        calls.push(
+            record::new(format!("high{index}"))
+                .queue("high")
+                .priority(0)
+                .into(),
+        );
     }
     let results = app.send_many(calls).await.unwrap();
-    let worker = Worker::new(app.clone()).queues(["high", "low"]).concurrency(1);
+    let worker = Worker::new(app.clone())
+        .queues(["high", "low"])
+        .concurrency(1);
     run_until_done(worker, results).await;
     assert_eq!(
         *log.lock().unwrap(),
@@ -184,7 +229,10 @@ async fn weighted_queue_order_serves_every_queue() {
         (110..=190).contains(&heavy),
         "with weights 3:1 the heavy queue should take about 3/4 of the first 200 runs, took {heavy}"
     );
-    assert!(first_half.iter().any(|label| label.starts_with("light")), "light queue starved");
+    assert!(
+        first_half.iter().any(|label| label.starts_with("light")),
+        "light queue starved"
+    );
 }
 
 #[task(name = "flow.gate")]
@@ -228,7 +276,10 @@ async fn concurrency_limits_running_tasks_and_prefetch_takes_only_what_can_start
     let worker = Worker::new(app.clone()).concurrency(3).spawn();
 
     for _ in 0..3 {
-        tokio::time::timeout(WAIT, started.recv()).await.unwrap().unwrap();
+        tokio::time::timeout(WAIT, started.recv())
+            .await
+            .unwrap()
+            .unwrap();
     }
     // Three run; the other seven are still in the broker, not held by the worker.
     assert_eq!(app.broker().queue_length("celery").await.unwrap().total, 7);
@@ -237,7 +288,10 @@ async fn concurrency_limits_running_tasks_and_prefetch_takes_only_what_can_start
     let probe = app.state::<Probe>().unwrap();
     for _ in 3..10 {
         probe.release.add_permits(1);
-        tokio::time::timeout(WAIT, started.recv()).await.unwrap().unwrap();
+        tokio::time::timeout(WAIT, started.recv())
+            .await
+            .unwrap()
+            .unwrap();
     }
     probe.release.add_permits(3);
     for (index, result) in results.into_iter().enumerate() {

@@ -80,9 +80,27 @@ async fn hooks_run_around_every_task_in_order() {
         .concurrency(1)
         .hooks(Recorder(events.clone()))
         .spawn();
-    double::new(21).send(&app).await.unwrap().get(WAIT).await.unwrap();
-    broken::new().send(&app).await.unwrap().get(WAIT).await.unwrap_err();
-    once_more::new().send(&app).await.unwrap().get(WAIT).await.unwrap();
+    double::new(21)
+        .send(&app)
+        .await
+        .unwrap()
+        .get(WAIT)
+        .await
+        .unwrap();
+    broken::new()
+        .send(&app)
+        .await
+        .unwrap()
+        .get(WAIT)
+        .await
+        .unwrap_err();
+    once_more::new()
+        .send(&app)
+        .await
+        .unwrap()
+        .get(WAIT)
+        .await
+        .unwrap();
     worker.shutdown().await.unwrap();
     assert_eq!(
         *events.lock().unwrap(),
@@ -192,7 +210,11 @@ async fn warm_shutdown_goes_cold_after_its_timeout() {
         .spawn();
     started.recv().await.unwrap();
     worker.shutdown().await.unwrap();
-    assert_eq!(app.broker().queue_length("celery").await.unwrap().total, 1, "requeued");
+    assert_eq!(
+        app.broker().queue_length("celery").await.unwrap().total,
+        1,
+        "requeued"
+    );
 }
 
 #[tokio::test]
@@ -218,7 +240,12 @@ async fn limited() -> u64 {
 
 #[tokio::test]
 async fn rate_limit_spaces_task_starts_in_a_worker() {
-    let app = App::builder().backend("memory://").task(limited).build().await.unwrap();
+    let app = App::builder()
+        .backend("memory://")
+        .task(limited)
+        .build()
+        .await
+        .unwrap();
     let results = app
         .send_many((0..5).map(|_| limited::new().into()))
         .await
@@ -229,7 +256,11 @@ async fn rate_limit_spaces_task_starts_in_a_worker() {
         result.get(WAIT).await.unwrap();
     }
     // 20/s: one start every 50 ms, so the fifth cannot start before 200 ms.
-    assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
     worker.shutdown().await.unwrap();
 }
 
@@ -239,13 +270,20 @@ async fn countdown_tasks_wait_in_the_broker_and_run_when_due() {
     let app = memory.builder().task(double).build().await.unwrap();
     let worker = Worker::new(app.clone()).spawn();
     let sent_at = chrono::Utc::now();
-    let result = double::new(4).countdown(Duration::from_millis(300)).send(&app).await.unwrap();
+    let result = double::new(4)
+        .countdown(Duration::from_millis(300))
+        .send(&app)
+        .await
+        .unwrap();
     assert_eq!(memory.broker.delayed_count(), 1);
     assert_eq!(app.broker().queue_length("celery").await.unwrap().total, 0);
     assert_eq!(result.get(WAIT).await.unwrap(), 8);
     let meta = result.meta().await.unwrap().unwrap();
     let ran_after = meta.date_done.unwrap().signed_duration_since(sent_at);
-    assert!(ran_after >= chrono::Duration::milliseconds(300), "{ran_after}");
+    assert!(
+        ran_after >= chrono::Duration::milliseconds(300),
+        "{ran_after}"
+    );
     worker.shutdown().await.unwrap();
 }
 
@@ -255,10 +293,15 @@ async fn an_eta_message_put_straight_into_the_queue_is_handed_back_to_the_broker
     let memory = Memory::new();
     let app = memory.builder().task(double).build().await.unwrap();
     let mut publish = app.prepare(double::new(5).into()).unwrap();
-    publish.message.headers.eta = Some((chrono::Utc::now() + chrono::Duration::seconds(1)).fixed_offset());
+    publish.message.headers.eta =
+        Some((chrono::Utc::now() + chrono::Duration::seconds(1)).fixed_offset());
     let id = publish.message.headers.id.clone();
-    memory.broker.publish_raw("celery", envelope::encode(&publish.message));
-    let worker = Worker::new(app.clone()).hooks(Recorder(Default::default())).spawn();
+    memory
+        .broker
+        .publish_raw("celery", envelope::encode(&publish.message));
+    let worker = Worker::new(app.clone())
+        .hooks(Recorder(Default::default()))
+        .spawn();
     let result = app.result::<i64>(id);
     // Wait until the worker has looked at it: then it is back in the broker's delay store.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -282,6 +325,10 @@ async fn secrets_in_urls_never_reach_debug_output() {
     let shown = format!("{app:?}");
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("user:***@localhost"), "{shown}");
-    let error = App::builder().broker("redis://user:hunter2@[bad").build().await.unwrap_err();
+    let error = App::builder()
+        .broker("redis://user:hunter2@[bad")
+        .build()
+        .await
+        .unwrap_err();
     assert!(!error.to_string().contains("hunter2"), "{error}");
 }

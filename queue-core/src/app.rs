@@ -231,8 +231,14 @@ impl App {
             options,
             ..
         } = signature;
-        let declared = self.inner.registry.get(&name).map(|task| task.options.clone());
-        let declared_queue = declared.as_ref().and_then(|options| options.queue.as_deref());
+        let declared = self
+            .inner
+            .registry
+            .get(&name)
+            .map(|task| task.options.clone());
+        let declared_queue = declared
+            .as_ref()
+            .and_then(|options| options.queue.as_deref());
         let queue = self
             .inner
             .router
@@ -244,9 +250,10 @@ impl App {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let now = time::now();
         let eta = options.eta.or_else(|| {
-            options.countdown.filter(|seconds| seconds.is_finite() && *seconds > 0.0).map(
-                |seconds| now + chrono::Duration::microseconds((seconds * 1e6) as i64),
-            )
+            options
+                .countdown
+                .filter(|seconds| seconds.is_finite() && *seconds > 0.0)
+                .map(|seconds| now + chrono::Duration::microseconds((seconds * 1e6) as i64))
         });
         let expires = options.expires.map(|expires| expires.resolve(now));
         let priority = options
@@ -261,10 +268,16 @@ impl App {
         let soft_limit = options
             .soft_time_limit
             .map(Duration::from_secs_f64)
-            .or_else(|| declared.as_ref().and_then(|options| options.soft_time_limit));
+            .or_else(|| {
+                declared
+                    .as_ref()
+                    .and_then(|options| options.soft_time_limit)
+            });
         let ignore_result = options.ignore_result.unwrap_or(false)
             || self.inner.ignore_result
-            || declared.as_ref().is_some_and(|options| options.ignore_result);
+            || declared
+                .as_ref()
+                .is_some_and(|options| options.ignore_result);
 
         let mut headers = Headers::new(name, id.clone());
         headers.eta = eta;
@@ -413,7 +426,10 @@ impl AppBuilder {
             Some(Source::Instance(backend)) => (Some(backend), None),
             Some(Source::Url(text)) => {
                 let url: RedactedUrl = text.parse()?;
-                (Some(connect::connect_backend(&url, &connectors).await?), Some(url))
+                (
+                    Some(connect::connect_backend(&url, &connectors).await?),
+                    Some(url),
+                )
             }
         };
         tracing::debug!(broker = ?broker_url, backend = ?backend_url, "app built");

@@ -189,8 +189,11 @@ pub trait ResultBackend: Send + Sync + fmt::Debug + 'static {
 
     /// Waits up to `timeout` for the task to be READY and returns its latest stored state
     /// (which may not be READY when the time ran out). Push-based where the store can be.
-    async fn wait(&self, task_id: &str, timeout: Duration)
-    -> Result<Option<TaskMeta>, BackendError>;
+    async fn wait(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<TaskMeta>, BackendError>;
 
     /// Deletes the stored state of a task.
     async fn forget(&self, task_id: &str) -> Result<(), BackendError>;

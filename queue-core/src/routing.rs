@@ -24,8 +24,9 @@ impl Router {
 
     /// Adds a route: task names matching the glob `pattern` go to `queue`.
     pub fn add(&mut self, pattern: &str, queue: String) -> Result<(), Error> {
-        let glob = Glob::new(pattern)
-            .map_err(|error| Error::Config(format!("invalid route pattern {pattern:?}: {error}")))?;
+        let glob = Glob::new(pattern).map_err(|error| {
+            Error::Config(format!("invalid route pattern {pattern:?}: {error}"))
+        })?;
         self.routes.push((glob.compile_matcher(), queue));
         Ok(())
     }
@@ -68,7 +69,10 @@ mod tests {
         let mut router = Router::new("celery");
         router.add("reports.*", "reports".into()).unwrap();
         router.add("*", "catch_all".into()).unwrap();
-        assert_eq!(router.route("reports.daily", Some("now"), Some("own")), "now");
+        assert_eq!(
+            router.route("reports.daily", Some("now"), Some("own")),
+            "now"
+        );
         assert_eq!(router.route("reports.daily", None, Some("own")), "reports");
         assert_eq!(router.route("mail.send", None, None), "catch_all");
         let plain = Router::new("celery");

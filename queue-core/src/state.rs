@@ -104,7 +104,9 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for name in ["PENDING", "STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "PROGRESS"] {
+        for name in [
+            "PENDING", "STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "PROGRESS",
+        ] {
             let state: TaskState = name.parse().unwrap();
             assert_eq!(state.as_str(), name);
         }

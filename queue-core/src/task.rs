@@ -28,8 +28,11 @@ pub trait Task: Send + Sync + 'static {
 
     /// Runs the task with the arguments of a message. Arguments are matched positionally,
     /// then by name; a mismatch is [`TaskError::invalid_arguments`].
-    fn run(&self, context: TaskContext, arguments: Arguments)
-    -> BoxFuture<'static, Result<Value, TaskError>>;
+    fn run(
+        &self,
+        context: TaskContext,
+        arguments: Arguments,
+    ) -> BoxFuture<'static, Result<Value, TaskError>>;
 }
 
 /// A task's arguments, as received: positional and by name.
@@ -92,8 +95,9 @@ fn decode_argument<T: DeserializeOwned>(value: Value, name: &str) -> Result<T, T
 
 /// Serializes a task's return value.
 pub fn encode_output<T: serde::Serialize>(output: &T) -> Result<Value, TaskError> {
-    serde_json::to_value(output)
-        .map_err(|error| TaskError::new("EncodeError", format!("result does not serialize: {error}")))
+    serde_json::to_value(output).map_err(|error| {
+        TaskError::new("EncodeError", format!("result does not serialize: {error}"))
+    })
 }
 
 /// How a task retries: delay, exponential backoff, cap, jitter, and how many times.
@@ -165,7 +169,9 @@ impl FromStr for RateLimit {
             other => return Err(format!("invalid rate limit unit {other:?}: use s, m or h")),
         };
         if count == 0 {
-            return Err(format!("invalid rate limit {text:?}: count must be positive"));
+            return Err(format!(
+                "invalid rate limit {text:?}: count must be positive"
+            ));
         }
         Ok(Self { count, period })
     }
@@ -397,13 +403,21 @@ mod tests {
             args: vec![json!(1), json!(2)],
             kwargs: Map::new(),
         };
-        assert!(extra.finish(1).unwrap_err().message().contains("positional"));
+        assert!(
+            extra
+                .finish(1)
+                .unwrap_err()
+                .message()
+                .contains("positional")
+        );
     }
 
     #[test]
     fn kombu_envelopes_decode_into_typed_parameters() {
         let mut arguments = Arguments {
-            args: vec![json!({"__type__": "uuid", "__value__": {"hex": "12345678123456781234567812345678"}})],
+            args: vec![
+                json!({"__type__": "uuid", "__value__": {"hex": "12345678123456781234567812345678"}}),
+            ],
             kwargs: Map::new(),
         };
         let id: uuid::Uuid = arguments.take(0, "id").unwrap();
@@ -421,7 +435,10 @@ mod tests {
         assert_eq!(policy.delay_for(0), Duration::from_secs(1));
         assert_eq!(policy.delay_for(3), Duration::from_secs(8));
         assert_eq!(policy.delay_for(10), Duration::from_secs(10));
-        let jittered = RetryPolicy { jitter: true, ..policy };
+        let jittered = RetryPolicy {
+            jitter: true,
+            ..policy
+        };
         for _ in 0..100 {
             assert!(jittered.delay_for(3) <= Duration::from_secs(8));
         }
@@ -431,9 +448,15 @@ mod tests {
     fn rate_limits_parse() {
         assert_eq!(
             "10/m".parse::<RateLimit>().unwrap(),
-            RateLimit { count: 10, period: Duration::from_secs(60) }
+            RateLimit {
+                count: 10,
+                period: Duration::from_secs(60)
+            }
         );
-        assert_eq!("5".parse::<RateLimit>().unwrap().period, Duration::from_secs(1));
+        assert_eq!(
+            "5".parse::<RateLimit>().unwrap().period,
+            Duration::from_secs(1)
+        );
         assert!("0/s".parse::<RateLimit>().is_err());
         assert!("x/s".parse::<RateLimit>().is_err());
     }

@@ -86,9 +86,15 @@ impl Execution {
             }
         };
         let now = time::now();
-        if let Some(expires) = self.message.headers.expires.filter(|expires| *expires <= now) {
+        if let Some(expires) = self
+            .message
+            .headers
+            .expires
+            .filter(|expires| *expires <= now)
+        {
             info!(%expires, "task expired: REVOKED");
-            self.store_meta(TaskMeta::revoked(self.id(), "expired")).await;
+            self.store_meta(TaskMeta::revoked(self.id(), "expired"))
+                .await;
             self.runtime.stats.revoked.increment();
             return self.runtime.ack(&self.delivery).await;
         }
@@ -231,7 +237,9 @@ impl Execution {
                 }
             }
             RunResult::Done(Err(error)) => {
-                return self.fail(&context, &embed, error, ignore_result, None).await;
+                return self
+                    .fail(&context, &embed, error, ignore_result, None)
+                    .await;
             }
         };
         for hooks in &self.runtime.hooks {
@@ -265,7 +273,9 @@ impl Execution {
             hooks.on_failure(context, &error).await;
         }
         for hooks in &self.runtime.hooks {
-            hooks.after_task(context, &Outcome::Failure(error.clone())).await;
+            hooks
+                .after_task(context, &Outcome::Failure(error.clone()))
+                .await;
         }
         match dead_letter_reason {
             Some(reason) => self.runtime.dead_letter(&self.delivery, &reason).await,
@@ -370,7 +380,10 @@ impl Execution {
 
     async fn send_linked(&self, signatures: Vec<Signature>) {
         let headers = &self.message.headers;
-        let root = headers.root_id.clone().unwrap_or_else(|| headers.id.clone());
+        let root = headers
+            .root_id
+            .clone()
+            .unwrap_or_else(|| headers.id.clone());
         let prepared: Vec<Signature> = signatures
             .into_iter()
             .map(|mut signature| {

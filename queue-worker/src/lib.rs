@@ -455,7 +455,10 @@ impl Worker {
         }
         if !running.is_empty() {
             runtime.cold.cancel();
-            info!(running = running.len(), "cold shutdown: requeueing unfinished tasks");
+            info!(
+                running = running.len(),
+                "cold shutdown: requeueing unfinished tasks"
+            );
             while running.join_next().await.is_some() {}
         }
     }

@@ -47,7 +47,9 @@ impl Urls {
                  run the tests with `cargo xtask test`"
             ),
             _ => {
-                eprintln!("skipped: {broker_variable} / {backend_variable} not set (use `cargo xtask test`)");
+                eprintln!(
+                    "skipped: {broker_variable} / {backend_variable} not set (use `cargo xtask test`)"
+                );
                 None
             }
         }
@@ -154,7 +156,10 @@ pub async fn round_trip_typed_and_by_id(urls: Urls) {
     let result = add::new(40, 2).send(&app).await.unwrap();
     assert_eq!(result.get(WAIT).await.unwrap(), 42);
     assert_eq!(app.result::<i64>(result.id()).get(WAIT).await.unwrap(), 42);
-    assert_eq!(add::result(&app, result.id()).state().await.unwrap(), TaskState::Success);
+    assert_eq!(
+        add::result(&app, result.id()).state().await.unwrap(),
+        TaskState::Success
+    );
     let by_name = Signature::new("e2e.describe")
         .arg("box")
         .kwarg("count", 3)
@@ -162,7 +167,10 @@ pub async fn round_trip_typed_and_by_id(urls: Urls) {
         .send(&app)
         .await
         .unwrap();
-    assert_eq!(by_name.get(WAIT).await.unwrap(), serde_json::json!("box:3:a,b"));
+    assert_eq!(
+        by_name.get(WAIT).await.unwrap(),
+        serde_json::json!("box:3:a,b")
+    );
     worker.shutdown().await.unwrap();
 }
 
@@ -171,10 +179,17 @@ pub async fn priorities_within_a_queue(urls: Urls) {
     let app = app(&urls, &queue).await;
     let calls = [0u8, 9, 4, 9, 1]
         .iter()
-        .map(|priority| record::new(format!("p{priority}")).priority(*priority).into())
+        .map(|priority| {
+            record::new(format!("p{priority}"))
+                .priority(*priority)
+                .into()
+        })
         .collect::<Vec<Signature>>();
     let results = app.send_many(calls).await.unwrap();
-    let worker = Worker::new(app.clone()).queues([queue.as_str()]).concurrency(1).spawn();
+    let worker = Worker::new(app.clone())
+        .queues([queue.as_str()])
+        .concurrency(1)
+        .spawn();
     for result in results {
         result.get(WAIT).await.unwrap();
     }
@@ -189,8 +204,17 @@ pub async fn strict_order_between_queues(urls: Urls) {
     let app = app(&urls, &low).await;
     let mut calls: Vec<Signature> = Vec::new();
     for index in 0..3 {
-        calls.push(record::new(format!("low{index}")).queue(low.as_str()).priority(9).into());
-        calls.push(record::new(format!("high{index}")).queue(high.as_str()).into());
+        calls.push(
+            record::new(format!("low{index}"))
+                .queue(low.as_str())
+                .priority(9)
+                .into(),
+        );
+        calls.push(
+            record::new(format!("high{index}"))
+                .queue(high.as_str())
+                .into(),
+        );
     }
     let results = app.send_many(calls).await.unwrap();
     let worker = Worker::new(app.clone())
@@ -223,12 +247,22 @@ pub async fn failures_are_stored_with_type_and_message(urls: Urls) {
     let after = add::new(1, 1).send(&app).await.unwrap();
     match failed.get(WAIT).await {
         Err(ResultError::Failed { error, .. }) => {
-            assert_eq!((error.exc_type(), error.message()), ("ValueError", "bad input"));
+            assert_eq!(
+                (error.exc_type(), error.message()),
+                ("ValueError", "bad input")
+            );
         }
         other => panic!("expected a failure, got {other:?}"),
     }
-    assert!(matches!(panicked.get(WAIT).await, Err(ResultError::Failed { .. })));
-    assert_eq!(after.get(WAIT).await.unwrap(), 2, "the worker goes on after a panic");
+    assert!(matches!(
+        panicked.get(WAIT).await,
+        Err(ResultError::Failed { .. })
+    ));
+    assert_eq!(
+        after.get(WAIT).await.unwrap(),
+        2,
+        "the worker goes on after a panic"
+    );
     worker.shutdown().await.unwrap();
 }
 
@@ -237,7 +271,10 @@ pub async fn unknown_tasks_are_dead_lettered_and_fail(urls: Urls) {
     let app = app(&urls, &queue).await;
     let unknown = Signature::new("e2e.nobody").send(&app).await.unwrap();
     let known = add::new(2, 2).send(&app).await.unwrap();
-    let worker = Worker::new(app.clone()).queues([queue.as_str()]).concurrency(1).spawn();
+    let worker = Worker::new(app.clone())
+        .queues([queue.as_str()])
+        .concurrency(1)
+        .spawn();
     assert_eq!(known.get(WAIT).await.unwrap(), 4);
     match unknown.get(WAIT).await {
         Err(ResultError::Failed { error, .. }) => assert_eq!(error.exc_type(), "NotRegistered"),
@@ -258,7 +295,10 @@ pub async fn expired_tasks_are_revoked(urls: Urls) {
         .await
         .unwrap();
     let worker = Worker::new(app.clone()).queues([queue.as_str()]).spawn();
-    assert!(matches!(expired.get(WAIT).await, Err(ResultError::Revoked { .. })));
+    assert!(matches!(
+        expired.get(WAIT).await,
+        Err(ResultError::Revoked { .. })
+    ));
     assert_eq!(expired.state().await.unwrap(), TaskState::Revoked);
     worker.shutdown().await.unwrap();
 }
@@ -268,7 +308,11 @@ pub async fn countdown_runs_after_its_eta(urls: Urls) {
     let app = app(&urls, &queue).await;
     let worker = Worker::new(app.clone()).queues([queue.as_str()]).spawn();
     let sent = chrono::Utc::now();
-    let result = add::new(3, 4).countdown(Duration::from_millis(500)).send(&app).await.unwrap();
+    let result = add::new(3, 4)
+        .countdown(Duration::from_millis(500))
+        .send(&app)
+        .await
+        .unwrap();
     assert_eq!(result.get(WAIT).await.unwrap(), 7);
     let done = result.meta().await.unwrap().unwrap().date_done.unwrap();
     assert!(done.signed_duration_since(sent) >= chrono::Duration::milliseconds(500));
@@ -301,8 +345,14 @@ pub async fn many_tasks_two_workers_every_result_once(urls: Urls) {
         .send_many((0..count).map(|index| add::new(index, 1).into()))
         .await
         .unwrap();
-    let first = Worker::new(app.clone()).queues([queue.as_str()]).concurrency(8).spawn();
-    let second = Worker::new(app.clone()).queues([queue.as_str()]).concurrency(8).spawn();
+    let first = Worker::new(app.clone())
+        .queues([queue.as_str()])
+        .concurrency(8)
+        .spawn();
+    let second = Worker::new(app.clone())
+        .queues([queue.as_str()])
+        .concurrency(8)
+        .spawn();
     for (index, result) in results.into_iter().enumerate() {
         let value: i64 = result.typed().get(WAIT).await.unwrap();
         assert_eq!(value, index as i64 + 1);

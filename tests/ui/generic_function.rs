@@ -1,0 +1,8 @@
+use queue::task;
+
+#[task]
+fn echo<T: serde::Serialize>(value: T) -> T {
+    value
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use queue::task;
+
+#[task(name = "tasks.add")]
+struct Add {
+    x: i64,
+}
+
+fn main() {}
