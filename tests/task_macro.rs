@@ -501,3 +501,28 @@ async fn new_sends_through_the_app() {
     assert_eq!(length.total, 1);
     assert!(!result.id().is_empty());
 }
+
+#[queue::task(name = "macro.static_text")]
+async fn static_text() -> &'static str {
+    "borrowed"
+}
+
+#[tokio::test]
+async fn a_static_str_result_reads_back_as_a_string() {
+    let app = queue::App::builder()
+        .backend("memory://")
+        .task(static_text)
+        .build()
+        .await
+        .unwrap();
+    let worker = queue::Worker::new(app.clone()).spawn();
+    let text: String = static_text::new()
+        .send(&app)
+        .await
+        .unwrap()
+        .get(std::time::Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(text, "borrowed");
+    worker.shutdown().await.unwrap();
+}

@@ -62,13 +62,23 @@ pub enum Output {
 }
 
 impl Output {
-    /// The type a successful run yields: what `AsyncResult::get` returns.
+    /// The type a successful run yields: what `AsyncResult::get` returns. A borrowed
+    /// `&'static str` comes back from the result store as an owned `String`.
     pub fn success_type(&self) -> proc_macro2::TokenStream {
         match self {
             Output::Unit => quote::quote!(()),
-            Output::Value(ty) | Output::Result { ok: ty, .. } => ty.to_token_stream(),
+            Output::Value(ty) | Output::Result { ok: ty, .. } => match ty.as_ref() {
+                Type::Reference(reference) if is_str(&reference.elem) => {
+                    quote::quote!(::std::string::String)
+                }
+                other => other.to_token_stream(),
+            },
         }
     }
+}
+
+fn is_str(ty: &Type) -> bool {
+    matches!(ty, Type::Path(path) if path.qself.is_none() && path.path.is_ident("str"))
 }
 
 /// Collects errors so that all of them are reported at once.
