@@ -301,3 +301,68 @@ async fn concurrency_limits_running_tasks_and_prefetch_takes_only_what_can_start
     assert_eq!(probe.max_running.load(Ordering::SeqCst), 3);
     worker.shutdown().await.unwrap();
 }
+
+#[task(name = "flow.fail")]
+async fn fail_always() -> Result<(), queue::TaskError> {
+    Err(queue::TaskError::new("ValueError", "always"))
+}
+
+#[tokio::test]
+async fn link_and_link_error_apply_callbacks_with_the_result_or_the_task_id() {
+    let log: Log = Default::default();
+    let app = App::builder()
+        .backend("memory://")
+        .task(add)
+        .task(record)
+        .task(fail_always)
+        .state(log.clone())
+        .build()
+        .await
+        .unwrap();
+    let worker = Worker::new(app.clone()).concurrency(1).spawn();
+    // The callback gets the result prepended to its own args: record(5) would not type-check
+    // as a String, so link an untyped call of add with one argument: add(5, 10).
+    let callback_id = "callback-of-add".to_owned();
+    let sum = add::new(2, 3)
+        .link(
+            Signature::new("flow.add")
+                .arg(10)
+                .task_id(callback_id.clone()),
+        )
+        .send(&app)
+        .await
+        .unwrap();
+    assert_eq!(sum.get(WAIT).await.unwrap(), 5);
+    assert_eq!(app.result::<i64>(callback_id).get(WAIT).await.unwrap(), 15);
+
+    let errback_id = "errback-of-fail".to_owned();
+    let failed = fail_always::new()
+        .link_error(Signature::new("flow.record").task_id(errback_id.clone()))
+        .send(&app)
+        .await
+        .unwrap();
+    assert!(failed.get(WAIT).await.is_err());
+    // The errback is applied with the failed task's id as its first argument.
+    app.result::<()>(errback_id).get(WAIT).await.unwrap();
+    assert_eq!(*log.lock().unwrap(), [failed.id().to_owned()]);
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn from_env_reads_queue_and_celery_variables() {
+    // Only this test in this binary touches these variables.
+    // SAFETY: no other thread of this test binary reads or writes the environment here.
+    unsafe {
+        std::env::set_var("CELERY_BROKER_URL", "memory://");
+        std::env::set_var("QUEUE_RESULT_BACKEND", "memory://");
+        std::env::set_var("QUEUE_DEFAULT_QUEUE", "from-env");
+    }
+    let app = App::from_env().task(add).build().await.unwrap();
+    assert_eq!(app.router().default_queue(), "from-env");
+    assert!(app.backend().is_some());
+    add::new(1, 1).send(&app).await.unwrap();
+    assert_eq!(
+        app.broker().queue_length("from-env").await.unwrap().total,
+        1
+    );
+}

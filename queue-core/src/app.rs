@@ -466,3 +466,84 @@ pub fn hostname() -> String {
 
 /// Convenience for code that only needs an untyped result value.
 pub type UntypedResult = AsyncResult<Value>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_scheme_whose_feature_is_off_names_the_feature() {
+        // queue-core alone links no broker crate.
+        let error = App::builder()
+            .broker("redis://127.0.0.1:6379/0")
+            .build()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                Error::FeatureDisabled {
+                    feature: "redis",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("`redis` feature"), "{error}");
+        let error = App::builder()
+            .backend("postgres://u:p@h/db")
+            .build()
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("`postgres` feature"), "{error}");
+        assert!(!error.to_string().contains(":p@"), "{error}");
+        let error = App::builder()
+            .broker("kafka://h")
+            .build()
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::Config(_)));
+    }
+
+    #[tokio::test]
+    async fn prepare_fills_celery_headers_and_properties() {
+        let app = App::builder().build().await.unwrap();
+        let publish = app
+            .prepare(
+                Signature::new("tasks.add")
+                    .arg(2)
+                    .kwarg("z", 1)
+                    .priority(5)
+                    .countdown(Duration::from_secs(10))
+                    .expires_in(Duration::from_secs(60))
+                    .time_limit(Duration::from_secs(30))
+                    .soft_time_limit(Duration::from_secs(20)),
+            )
+            .unwrap();
+        let message = &publish.message;
+        assert_eq!(publish.queue, "celery");
+        let headers = &message.headers;
+        assert_eq!(headers.root_id.as_deref(), Some(headers.id.as_str()));
+        assert_eq!(headers.argsrepr.as_deref(), Some("(2,)"));
+        assert_eq!(headers.kwargsrepr.as_deref(), Some("{'z': 1}"));
+        assert_eq!(headers.timelimit.hard(), Some(Duration::from_secs(30)));
+        assert_eq!(headers.timelimit.soft(), Some(Duration::from_secs(20)));
+        let eta = headers.eta.unwrap();
+        let expires = headers.expires.unwrap();
+        assert_eq!((expires - eta).num_seconds(), 50);
+        assert_eq!(message.properties.priority, Some(5));
+        assert_eq!(
+            message.properties.correlation_id.as_deref(),
+            Some(headers.id.as_str())
+        );
+        assert_eq!(message.properties.delivery_mode, Some(2));
+        let expiration: i64 = message
+            .properties
+            .expiration
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((59_000..=60_000).contains(&expiration), "{expiration}");
+    }
+}
