@@ -10,8 +10,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::broker::{
-    Broker, BrokerError, ConsumeOptions, Consumer, DEAD_LETTER_REASON_HEADER, DeadLetter,
-    Delivery, DeliveryTag, Publish, QueueLength, QueueOrder, Undecodable, dead_letter_queue,
+    Broker, BrokerError, ConsumeOptions, Consumer, DEAD_LETTER_REASON_HEADER, DeadLetter, Delivery,
+    DeliveryTag, Publish, QueueLength, QueueOrder, Undecodable, dead_letter_queue,
 };
 use crate::protocol::{Message, envelope, time};
 
@@ -56,7 +56,8 @@ struct QueueState {
 struct Stored {
     content: Result<Message, Undecodable>,
     redelivered: bool,
-    dead_letter_reason: Option<String>,
+    /// Why and when (a broker-wide sequence number) it was dead-lettered.
+    dead_letter: Option<(String, u64)>,
 }
 
 impl Stored {
@@ -141,7 +142,7 @@ impl MemoryBroker {
             Stored {
                 content,
                 redelivered: false,
-                dead_letter_reason: None,
+                dead_letter: None,
             },
             false,
         );
@@ -156,7 +157,11 @@ impl MemoryBroker {
     fn push(&self, queue: &str, stored: Stored, front: bool) {
         let mut state = self.lock();
         let priority = stored.priority();
-        let lane = &mut state.queues.entry(queue.to_owned()).or_default().by_priority[priority];
+        let lane = &mut state
+            .queues
+            .entry(queue.to_owned())
+            .or_default()
+            .by_priority[priority];
         if front {
             lane.push_front(stored);
         } else {
@@ -204,7 +209,7 @@ impl Broker for MemoryBroker {
             let stored = Stored {
                 content: Ok(publish.message),
                 redelivered: false,
-                dead_letter_reason: None,
+                dead_letter: None,
             };
             match eta {
                 Some(eta) => self.delay(&publish.queue, stored, instant_of(eta)),
@@ -228,7 +233,9 @@ impl Broker for MemoryBroker {
     }
 
     async fn queue_length(&self, queue: &str) -> Result<QueueLength, BrokerError> {
-        let state = self.lock();
+        let mut state = self.lock();
+        // Delayed messages that became due are ready, fetched or not.
+        state.promote_due(Instant::now());
         let mut length = QueueLength::default();
         if let Some(queue) = state.queues.get(queue) {
             for (priority, lane) in queue.by_priority.iter().enumerate() {
@@ -243,7 +250,11 @@ impl Broker for MemoryBroker {
 
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
         let mut state = self.lock();
-        Ok(state.queues.remove(queue).map_or(0, |queue| queue.len() as u64))
+        state.promote_due(Instant::now());
+        Ok(state
+            .queues
+            .remove(queue)
+            .map_or(0, |queue| queue.len() as u64))
     }
 
     async fn dead_letters(
@@ -255,15 +266,20 @@ impl Broker for MemoryBroker {
         let Some(dead) = state.queues.get(&dead_letter_queue(queue)) else {
             return Ok(Vec::new());
         };
-        Ok(dead
-            .by_priority
-            .iter()
-            .rev()
-            .flatten()
+        // Oldest first, whatever their priorities (the dead-letter queue is a queue like
+        // any other, ordered by priority for consumers).
+        let mut listed: Vec<&Stored> = dead.by_priority.iter().flatten().collect();
+        listed.sort_by_key(|stored| stored.dead_letter.as_ref().map_or(0, |(_, at)| *at));
+        Ok(listed
+            .into_iter()
             .take(limit)
             .map(|stored| DeadLetter {
                 queue: queue.to_owned(),
-                reason: stored.dead_letter_reason.clone().unwrap_or_default(),
+                reason: stored
+                    .dead_letter
+                    .as_ref()
+                    .map(|(reason, _)| reason.clone())
+                    .unwrap_or_default(),
                 content: stored.content.clone(),
             })
             .collect())
@@ -280,7 +296,10 @@ struct MemoryConsumer {
 impl MemoryConsumer {
     fn take_unacked(&self, delivery: &Delivery) -> Result<(String, Stored), BrokerError> {
         let DeliveryTag::Number(tag) = delivery.tag else {
-            return Err(BrokerError::Refused(format!("unknown delivery tag {}", delivery.tag)));
+            return Err(BrokerError::Refused(format!(
+                "unknown delivery tag {}",
+                delivery.tag
+            )));
         };
         self.unacked
             .lock()
@@ -331,17 +350,19 @@ impl MemoryConsumer {
     }
 
     fn requeue_all(&self) {
-        let unacked: Vec<(String, Stored)> = self
+        let mut unacked: Vec<(u64, (String, Stored))> = self
             .unacked
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .drain()
-            .map(|(_, item)| item)
             .collect();
         if unacked.is_empty() {
             return;
         }
-        for (queue, mut stored) in unacked {
+        // Back to the head of their queues in the order they were fetched: the last fetched
+        // goes back first, so that the first fetched ends up in front.
+        unacked.sort_unstable_by_key(|(tag, _)| std::cmp::Reverse(*tag));
+        for (_, (queue, mut stored)) in unacked {
             stored.redelivered = true;
             self.broker.push(&queue, stored, true);
         }
@@ -357,13 +378,16 @@ impl Consumer for MemoryConsumer {
             if self.closed.load(Ordering::Acquire) {
                 return Err(BrokerError::Closed);
             }
+            if max == 0 {
+                return Ok(Vec::new());
+            }
             let changed = self.broker.shared.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let next_due = {
                 let mut state = self.broker.lock();
                 let next_due = state.promote_due(Instant::now());
-                let taken = self.take_ready(&mut state, max.max(1));
+                let taken = self.take_ready(&mut state, max);
                 drop(state);
                 if !taken.is_empty() {
                     let mut unacked = self
@@ -422,8 +446,14 @@ impl Consumer for MemoryConsumer {
                 .extra
                 .insert(DEAD_LETTER_REASON_HEADER.to_owned(), reason.into());
         }
-        stored.dead_letter_reason = Some(reason.to_owned());
+        let sequence = self
+            .broker
+            .shared
+            .next_sequence
+            .fetch_add(1, Ordering::Relaxed);
+        stored.dead_letter = Some((reason.to_owned(), sequence));
         self.broker.push(&dead_letter_queue(&queue), stored, false);
+        self.broker.shared.changed.notify_waiters();
         Ok(())
     }
 

@@ -140,7 +140,7 @@ pub struct Headers {
     #[serde(default, deserialize_with = "null_as_zero")]
     pub retries: u32,
     /// `[hard, soft]` time limits in seconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub timelimit: TimeLimit,
     /// Id of the first task of the workflow.
     #[serde(default)]
@@ -176,6 +176,15 @@ pub struct Headers {
 
 fn null_as_zero<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
     Ok(Option::<u32>::deserialize(deserializer)?.unwrap_or(0))
+}
+
+/// `null` reads as the default (Python's worker takes a `null` header as unset).
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl Headers {

@@ -1,6 +1,6 @@
 //! Timestamps on the wire: ISO-8601 as Python's `datetime.isoformat()` writes them.
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, SecondsFormat, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDateTime, SecondsFormat, SubsecRound, Utc};
 use serde::{Deserialize, Deserializer, Serializer};
 
 /// Parses an ISO-8601 timestamp as Celery writes or accepts it: with an offset (`+00:00`),
@@ -27,9 +27,11 @@ pub fn format_timestamp(value: &DateTime<FixedOffset>) -> String {
     value.to_rfc3339_opts(format, false)
 }
 
-/// The current time as a UTC timestamp with a fixed offset.
+/// The current time as a UTC timestamp with a fixed offset, to the microsecond: the precision
+/// of the wire format (and of Python's `datetime`), so that a timestamp made here reads back
+/// equal once it went through a broker or a result store.
 pub fn now() -> DateTime<FixedOffset> {
-    Utc::now().fixed_offset()
+    Utc::now().trunc_subsecs(6).fixed_offset()
 }
 
 pub(crate) fn serialize_optional<S: Serializer>(
@@ -68,6 +70,12 @@ mod tests {
         ] {
             assert_eq!(format_timestamp(&parse_timestamp(text).unwrap()), text);
         }
+    }
+
+    #[test]
+    fn now_survives_the_wire() {
+        let now = now();
+        assert_eq!(parse_timestamp(&format_timestamp(&now)), Some(now));
     }
 
     #[test]

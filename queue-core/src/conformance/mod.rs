@@ -1,0 +1,216 @@
+//! The conformance suites every [`Broker`](crate::Broker) and
+//! [`ResultBackend`](crate::ResultBackend) must pass (feature `conformance`).
+//!
+//! The in-memory implementations run them in `queue-core`'s own tests; the Redis, RabbitMQ and
+//! SQL crates run the very same checks against real servers. Every check:
+//!
+//! - is a `pub async fn` in [`broker`] or [`backend`] taking the thing under test
+//!   (`Arc<dyn Broker>` / `Arc<dyn ResultBackend>`) and a unique name prefix, so that checks
+//!   run concurrently on one server without seeing each other's queues or task ids
+//!   ([`unique_prefix`] makes one);
+//! - panics with a message that says what is wrong (it is meant to run inside a test);
+//! - synchronises with the APIs' own waits ([`Consumer::fetch`](crate::Consumer::fetch) with a
+//!   wait, [`ResultBackend::wait`](crate::ResultBackend::wait)), never with sleeps. Time-based
+//!   behaviour (eta, defer, expiry) uses real time with generous bounds.
+//!
+//! A driver crate runs all of them with one line per suite:
+//!
+//! ```ignore
+//! // queue-redis/tests/conformance.rs
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! async fn broker() -> Arc<queue_redis::RedisBroker> {
+//!     Arc::new(queue_redis::RedisBroker::connect("redis://127.0.0.1/0").await.unwrap())
+//! }
+//!
+//! queue_core::broker_conformance_tests!(broker());
+//! queue_core::backend_conformance_tests!(|expiry: Option<Duration>| async move {
+//!     Arc::new(queue_redis::RedisBackend::connect("redis://127.0.0.1/1", expiry).await.unwrap())
+//! });
+//! ```
+//!
+//! See [`broker_conformance_tests!`](crate::broker_conformance_tests) and
+//! [`backend_conformance_tests!`](crate::backend_conformance_tests). The driver crate needs
+//! `queue-core` with the `conformance` feature among its dev-dependencies; it does not need
+//! tokio's macros itself.
+
+pub mod backend;
+pub mod broker;
+
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset};
+
+/// Tolerance allowed between the wall clock of the test and the broker's when checking that
+/// a delayed message was not delivered before its time (servers keep their own clocks).
+pub const CLOCK_TOLERANCE: Duration = Duration::from_millis(50);
+
+/// A name prefix unique to one run of one check: `conf-<check>-<8 hex digits>`.
+///
+/// Queue names and task ids of a check all start with it, so that checks running at the same
+/// time on one server (or leftovers of earlier runs) never meet.
+pub fn unique_prefix(check: &str) -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("conf-{check}-{}", &random[..8])
+}
+
+/// The current wall-clock time.
+pub(crate) fn now() -> DateTime<FixedOffset> {
+    crate::protocol::time::now()
+}
+
+/// `instant + duration` on the wall clock.
+pub(crate) fn later(duration: Duration) -> DateTime<FixedOffset> {
+    now() + chrono::Duration::from_std(duration).expect("small durations convert")
+}
+
+/// Re-exports used by the expansion of the test macros.
+#[doc(hidden)]
+pub mod __private {
+    pub use tokio;
+}
+
+/// Expands to one `#[tokio::test]` per broker check of [`conformance::broker`](broker), in a
+/// module `broker_conformance` (test names: `broker_conformance::<check>`, e.g.
+/// `cargo test broker_conformance::priority`).
+///
+/// The argument is an expression evaluating to a future of the broker under test; it is
+/// evaluated once per test. The future yields an `Arc<B>` for a broker type `B`, or an
+/// `Arc<dyn Broker>`. Items of the calling module are in scope.
+///
+/// ```
+/// // tests/conformance.rs of a broker crate (here: the memory broker)
+/// use std::sync::Arc;
+/// use queue_core::MemoryBroker;
+///
+/// queue_core::broker_conformance_tests!(async { Arc::new(MemoryBroker::new()) });
+/// # fn main() {}
+/// ```
+///
+/// Tests run on tokio's multi-threaded runtime (two worker threads); the calling crate needs
+/// no tokio features of its own.
+#[macro_export]
+macro_rules! broker_conformance_tests {
+    ($factory:expr $(,)?) => {
+        $crate::__broker_conformance_tests! {
+            $factory;
+            publish_consume_round_trip,
+            fifo_within_priority,
+            higher_priority_first,
+            strict_queue_order,
+            weighted_queue_order,
+            fetch_respects_max_and_wait,
+            fetch_returns_when_message_arrives,
+            ack_removes,
+            unacked_redelivered_after_close,
+            unacked_redelivered_after_drop,
+            reject_with_and_without_requeue,
+            dead_letter_lists_with_reason,
+            eta_held_by_broker,
+            defer_redelivers_at_time,
+            queue_length_by_priority,
+            purge_removes_ready,
+            batch_delivered_exactly_once,
+        }
+    };
+}
+
+/// Expands to one `#[tokio::test]` per result backend check of
+/// [`conformance::backend`](backend), in a module `backend_conformance` (test names:
+/// `backend_conformance::<check>`).
+///
+/// The argument is a closure `|expiry: Option<Duration>| future` that makes the backend under
+/// test; it is called once per test. `Some(expiry)` asks for results that expire after
+/// `expiry` (the `results_expire` check asks for [`backend::EXPIRY`], 1 s); `None` asks for
+/// the backend's default expiry. The future yields an `Arc<B>` for a backend type `B`, or an
+/// `Arc<dyn ResultBackend>`. Items of the calling module are in scope.
+///
+/// ```
+/// // tests/conformance.rs of a result backend crate (here: the memory backend)
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use queue_core::MemoryBackend;
+///
+/// queue_core::backend_conformance_tests!(|expiry: Option<Duration>| async move {
+///     Arc::new(match expiry {
+///         Some(expiry) => MemoryBackend::with_expiry(Some(expiry)),
+///         None => MemoryBackend::new(),
+///     })
+/// });
+/// # fn main() {}
+/// ```
+///
+/// Tests run on tokio's multi-threaded runtime (two worker threads); the calling crate needs
+/// no tokio features of its own.
+#[macro_export]
+macro_rules! backend_conformance_tests {
+    ($factory:expr $(,)?) => {
+        $crate::__backend_conformance_tests! {
+            $factory;
+            unknown_id_is_none,
+            store_get_round_trip,
+            failure_meta_round_trip,
+            success_not_overwritten,
+            wait_returns_when_ready,
+            wait_times_out_with_latest,
+            forget_removes,
+            group_round_trip,
+            store_many_round_trip,
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __broker_conformance_tests {
+    ($factory:expr; $($check:ident),* $(,)?) => {
+        mod broker_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::conformance::__private::tokio;
+
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let broker: ::std::sync::Arc<dyn $crate::Broker> = ($factory).await;
+                    let prefix = $crate::conformance::unique_prefix(stringify!($check));
+                    $crate::conformance::broker::$check(broker, &prefix).await;
+                }
+            )*
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __backend_conformance_tests {
+    ($factory:expr; $($check:ident),* $(,)?) => {
+        mod backend_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::conformance::__private::tokio;
+
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let factory = $factory;
+                    let backend: ::std::sync::Arc<dyn $crate::ResultBackend> =
+                        factory(::core::option::Option::None).await;
+                    let prefix = $crate::conformance::unique_prefix(stringify!($check));
+                    $crate::conformance::backend::$check(backend, &prefix).await;
+                }
+            )*
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn results_expire() {
+                let factory = $factory;
+                let backend: ::std::sync::Arc<dyn $crate::ResultBackend> =
+                    factory(::core::option::Option::Some($crate::conformance::backend::EXPIRY))
+                        .await;
+                let prefix = $crate::conformance::unique_prefix("results_expire");
+                $crate::conformance::backend::results_expire(backend, &prefix).await;
+            }
+        }
+    };
+}
