@@ -32,6 +32,29 @@ pub const CELERY_RESULT_BACKEND_ENV: &str = "CELERY_RESULT_BACKEND";
 /// Celery's default queue.
 pub const DEFAULT_QUEUE: &str = "celery";
 
+/// Protocol v2 header names that a custom header may not take.
+const RESERVED_HEADERS: &[&str] = &[
+    "lang",
+    "task",
+    "id",
+    "shadow",
+    "eta",
+    "expires",
+    "group",
+    "group_index",
+    "retries",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
+    "replaced_task_nesting",
+    "stamped_headers",
+    "stamps",
+];
+
 /// A task application: broker, result backend, tasks, routes and shared state.
 ///
 /// ```
@@ -293,6 +316,16 @@ impl App {
         headers.kwargsrepr = Some(repr::kwargs_repr(&kwargs));
         headers.origin = Some(self.inner.origin.clone());
         headers.ignore_result = Some(ignore_result);
+        if let Some(reserved) = options
+            .headers
+            .keys()
+            .find(|name| RESERVED_HEADERS.contains(&name.as_str()))
+        {
+            return Err(Error::Config(format!(
+                "custom header {reserved:?} would overwrite a protocol header; set it through \
+                 the signature's options instead"
+            )));
+        }
         headers.extra = options.headers.clone();
 
         let expiration = expires.map(|at| {
@@ -545,5 +578,23 @@ mod tests {
             .parse()
             .unwrap();
         assert!((59_000..=60_000).contains(&expiration), "{expiration}");
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn custom_headers_cannot_overwrite_protocol_headers() {
+        let app = App::builder().build().await.unwrap();
+        let error = app
+            .prepare(Signature::new("tasks.add").header("retries", 5))
+            .unwrap_err();
+        assert!(error.to_string().contains("\"retries\""), "{error}");
+        let publish = app
+            .prepare(Signature::new("tasks.add").header("traceparent", "00-abc"))
+            .unwrap();
+        assert_eq!(publish.message.headers.extra["traceparent"], "00-abc");
     }
 }

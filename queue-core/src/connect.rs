@@ -108,7 +108,7 @@ impl Connector for MemoryConnector {
 
 /// Connectors contributed at link time by the broker and backend crates:
 ///
-/// ```ignore
+/// ```text
 /// #[linkme::distributed_slice(queue_core::connect::CONNECTORS)]
 /// #[linkme(crate = queue_core::connect::linkme)]
 /// pub static REDIS_CONNECTOR: fn() -> Arc<dyn Connector> = || Arc::new(RedisConnector);

@@ -20,7 +20,7 @@ mod options;
 /// Declares a task: turns a function into a unit struct of the same name that implements
 /// `queue::Task`.
 ///
-/// ```ignore
+/// ```text
 /// use queue::{TaskContext, TaskError, task};
 ///
 /// /// Adds two numbers (this comment documents the generated struct).

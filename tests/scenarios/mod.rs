@@ -1,7 +1,7 @@
 //! End-to-end scenarios through the facade that every broker and backend must pass, with
 //! only the public API. A test file per setup expands them with [`e2e_scenarios!`]:
 //!
-//! ```ignore
+//! ```text
 //! mod scenarios;
 //! scenarios::e2e_scenarios!(scenarios::Urls::new("memory://", Some("memory://")));
 //! ```

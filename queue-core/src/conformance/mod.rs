@@ -15,7 +15,7 @@
 //!
 //! A driver crate runs all of them with one line per suite:
 //!
-//! ```ignore
+//! ```text
 //! // queue-redis/tests/conformance.rs
 //! use std::sync::Arc;
 //! use std::time::Duration;
