@@ -185,7 +185,7 @@ impl Session {
                 }
                 Err(e) if strict => {
                     session.stop();
-                    return err(format!("cannot start {} (CI=true): {e}", service.name()));
+                    return err(format!("cannot start {}: {e}", service.name()));
                 }
                 Err(e) => eprintln!(
                     "warning: cannot start {}: {e}\nwarning: tests that need it will skip",

@@ -4,6 +4,7 @@
 
 use std::process::Command;
 
+use crate::python;
 use crate::services::{Service, Session};
 use crate::util::{self, Result, err};
 
@@ -43,6 +44,19 @@ pub fn run(opts: Options) -> Result<()> {
 
     util::header("services");
     let mut session = Session::start(TEST_SERVICES, util::is_ci())?;
+    // The interop suites drive the real Python Celery from this venv.
+    util::header("python venv (celery 5.7)");
+    match python::ensure_venv() {
+        Ok(venv) => session.env.push((
+            "QUEUE_TEST_PYTHON",
+            python::interpreter(&venv).display().to_string(),
+        )),
+        Err(error) if util::is_ci() => {
+            session.stop();
+            return Err(error);
+        }
+        Err(error) => eprintln!("warning: no Python venv, interop tests will skip: {error}"),
+    }
     let outcome = run_tests(&session, &opts.extra);
     if opts.keep_services {
         println!("\nleaving services running (--keep-services)");
