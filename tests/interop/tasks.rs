@@ -1,0 +1,50 @@
+//! The interop tasks of `examples/celery_interop.rs`, for an in-process Rust worker.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use queue::{AppBuilder, TaskContext, TaskError, task};
+use serde_json::{Number, Value};
+
+#[task(name = "tasks.add")]
+pub fn add(x: i64, y: i64) -> i64 {
+    x + y
+}
+
+#[task(name = "tasks.echo")]
+pub fn echo(value: Value) -> Value {
+    value
+}
+
+#[task(name = "tasks.fail")]
+pub fn fail(message: String) -> Result<(), TaskError> {
+    Err(TaskError::new("ValueError", message))
+}
+
+#[task(name = "tasks.flaky", max_retries = None)]
+pub fn flaky(context: TaskContext, failures: u32) -> Result<u32, TaskError> {
+    if context.retries() < failures {
+        return Err(context.retry().countdown(Duration::ZERO));
+    }
+    Ok(context.retries())
+}
+
+#[task(name = "tasks.sleep")]
+pub async fn sleep(seconds: Number) -> Result<Number, TaskError> {
+    let duration = seconds
+        .as_f64()
+        .and_then(|value| Duration::try_from_secs_f64(value).ok())
+        .ok_or_else(|| TaskError::new("ValueError", format!("invalid seconds {seconds}")))?;
+    tokio::time::sleep(duration).await;
+    Ok(seconds)
+}
+
+/// Registers all of them.
+pub fn register(builder: AppBuilder) -> AppBuilder {
+    builder
+        .task(add)
+        .task(echo)
+        .task(fail)
+        .task(flaky)
+        .task(sleep)
+}
