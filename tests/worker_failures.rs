@@ -397,3 +397,105 @@ async fn announce(context: TaskContext) -> u32 {
     done.send(context.id().to_owned()).unwrap();
     7
 }
+
+/// A memory broker whose publishes fail while `down` is set: a broker outage.
+#[derive(Debug)]
+struct OutageBroker {
+    inner: queue::MemoryBroker,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl queue::Broker for OutageBroker {
+    async fn declare_queue(&self, queue: &str) -> Result<(), queue::BrokerError> {
+        self.inner.declare_queue(queue).await
+    }
+    async fn publish(&self, messages: Vec<queue::Publish>) -> Result<(), queue::BrokerError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(queue::BrokerError::Unavailable("outage".into()));
+        }
+        self.inner.publish(messages).await
+    }
+    async fn consume(
+        &self,
+        options: queue::ConsumeOptions,
+    ) -> Result<Arc<dyn queue::Consumer>, queue::BrokerError> {
+        self.inner.consume(options).await
+    }
+    async fn queue_length(&self, queue: &str) -> Result<queue::QueueLength, queue::BrokerError> {
+        self.inner.queue_length(queue).await
+    }
+    async fn purge(&self, queue: &str) -> Result<u64, queue::BrokerError> {
+        self.inner.purge(queue).await
+    }
+    async fn dead_letters(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<queue::DeadLetter>, queue::BrokerError> {
+        self.inner.dead_letters(queue, limit).await
+    }
+}
+
+struct Outage {
+    broker: Arc<OutageBroker>,
+    runs: std::sync::atomic::AtomicU32,
+}
+
+/// Run 1: asks for a retry and takes the broker down, so the retry cannot be published.
+/// Run 2 (the original, given back): brings the broker up and asks again. Run 3: succeeds.
+#[task(name = "failures.retry_into_outage", retry_delay = 0)]
+async fn retry_into_outage(context: TaskContext) -> Result<u32, TaskError> {
+    let outage = context.state::<Outage>().unwrap();
+    let run = outage
+        .runs
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        + 1;
+    match run {
+        1 => {
+            outage
+                .broker
+                .down
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            Err(context.retry())
+        }
+        2 => {
+            assert_eq!(context.retries(), 0, "the original message came back");
+            outage
+                .broker
+                .down
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            Err(context.retry())
+        }
+        _ => Ok(context.retries()),
+    }
+}
+
+#[tokio::test]
+async fn a_retry_the_broker_refuses_gives_the_message_back_instead_of_losing_it() {
+    let broker = Arc::new(OutageBroker {
+        inner: queue::MemoryBroker::new(),
+        down: std::sync::atomic::AtomicBool::new(false),
+    });
+    let app = App::builder()
+        .broker_instance(broker.clone())
+        .backend("memory://")
+        .task(retry_into_outage)
+        .state(Outage {
+            broker: broker.clone(),
+            runs: std::sync::atomic::AtomicU32::new(0),
+        })
+        .build()
+        .await
+        .unwrap();
+    let worker = Worker::new(app.clone()).concurrency(1).spawn();
+    let result = retry_into_outage::new().send(&app).await.unwrap();
+    assert_eq!(result.get(WAIT).await.unwrap(), 1);
+    let runs = app
+        .state::<Outage>()
+        .unwrap()
+        .runs
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(runs, 3);
+    worker.shutdown().await.unwrap();
+}

@@ -332,3 +332,26 @@ async fn secrets_in_urls_never_reach_debug_output() {
         .unwrap_err();
     assert!(!error.to_string().contains("hunter2"), "{error}");
 }
+
+struct PanickingHook;
+
+#[async_trait::async_trait]
+impl Hooks for PanickingHook {
+    async fn before_task(&self, _context: &TaskContext) {
+        panic!("hook bug");
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_hook_does_not_lose_the_task() {
+    let app = App::builder()
+        .backend("memory://")
+        .task(double)
+        .build()
+        .await
+        .unwrap();
+    let worker = Worker::new(app.clone()).hooks(PanickingHook).spawn();
+    let result = double::new(21).send(&app).await.unwrap();
+    assert_eq!(result.get(WAIT).await.unwrap(), 42);
+    worker.shutdown().await.unwrap();
+}

@@ -176,7 +176,7 @@ impl Execution {
             self.store_meta(started).await;
         }
         for hooks in &self.runtime.hooks {
-            hooks.before_task(&context).await;
+            guarded(hooks.before_task(&context), "before_task").await;
         }
         self.runtime.stats.started.increment();
         let arguments = Arguments { args, kwargs };
@@ -209,23 +209,30 @@ impl Execution {
                 }
                 self.apply_callbacks(&embed, &value).await;
                 for hooks in &self.runtime.hooks {
-                    hooks.on_success(&context, &value).await;
+                    guarded(hooks.on_success(&context, &value), "on_success").await;
                 }
                 Outcome::Success(value)
             }
             RunResult::Done(Err(error)) if error.is_retry() => {
                 match self.retry(&task, &error).await {
-                    Some(delay) => {
+                    Retry::NotPublished => {
+                        // Not acked: the broker delivers the original again and it reruns.
+                        if self.acks_late {
+                            self.runtime.reject(&self.delivery, true).await;
+                        }
+                        return;
+                    }
+                    Retry::Published(delay) => {
                         self.runtime.stats.retried.increment();
                         if !ignore_result {
                             self.store_error(TaskState::Retry, &error).await;
                         }
                         for hooks in &self.runtime.hooks {
-                            hooks.on_retry(&context, &error, delay).await;
+                            guarded(hooks.on_retry(&context, &error, delay), "on_retry").await;
                         }
                         Outcome::Retry(error)
                     }
-                    None => {
+                    Retry::Exhausted => {
                         let reason = format!(
                             "max retries ({}) exceeded: {error}",
                             self.message.headers.retries
@@ -243,7 +250,7 @@ impl Execution {
             }
         };
         for hooks in &self.runtime.hooks {
-            hooks.after_task(&context, &outcome).await;
+            guarded(hooks.after_task(&context, &outcome), "after_task").await;
         }
         if acks_late {
             self.runtime.ack(&self.delivery).await;
@@ -270,12 +277,11 @@ impl Execution {
         }
         self.apply_errbacks(embed).await;
         for hooks in &self.runtime.hooks {
-            hooks.on_failure(context, &error).await;
+            guarded(hooks.on_failure(context, &error), "on_failure").await;
         }
+        let outcome = Outcome::Failure(error);
         for hooks in &self.runtime.hooks {
-            hooks
-                .after_task(context, &Outcome::Failure(error.clone()))
-                .await;
+            guarded(hooks.after_task(context, &outcome), "after_task").await;
         }
         match dead_letter_reason {
             Some(reason) => self.runtime.dead_letter(&self.delivery, &reason).await,
@@ -284,13 +290,12 @@ impl Execution {
         }
     }
 
-    /// Publishes the retry (same id and body, `retries + 1`, an eta) and returns its delay;
-    /// `None` when the retries are exhausted.
-    async fn retry(&self, task: &RegisteredTask, error: &TaskError) -> Option<Duration> {
+    /// Publishes the retry (same id and body, `retries + 1`, an eta).
+    async fn retry(&self, task: &RegisteredTask, error: &TaskError) -> Retry {
         let retries = self.message.headers.retries;
         let policy = &task.options.retry;
         if policy.max_retries.is_some_and(|max| retries >= max) {
-            return None;
+            return Retry::Exhausted;
         }
         let delay = match error.kind() {
             TaskErrorKind::Retry {
@@ -319,12 +324,11 @@ impl Execution {
         match published {
             Ok(()) => {
                 info!(?delay, retry = retries + 1, %error, "task will be retried");
-                Some(delay)
+                Retry::Published(delay)
             }
             Err(publish_error) => {
-                // Not acked: the broker delivers the original again, which retries then.
-                warn!(%publish_error, "could not publish the retry");
-                Some(delay)
+                warn!(%publish_error, "could not publish the retry; the message is requeued");
+                Retry::NotPublished
             }
         }
     }
@@ -398,6 +402,16 @@ impl Execution {
     }
 }
 
+/// What became of a retry request.
+enum Retry {
+    /// Sent again; runs after this delay.
+    Published(Duration),
+    /// `max_retries` reached: the task fails.
+    Exhausted,
+    /// The broker refused the new message: the original is given back instead.
+    NotPublished,
+}
+
 enum RunResult {
     Done(Result<Value, TaskError>),
     Interrupted,
@@ -448,6 +462,14 @@ async fn run_limited(
         timer.abort();
     }
     result
+}
+
+/// Runs a hook; a panicking hook is logged and does not take the execution down with it.
+async fn guarded(hook: impl std::future::Future<Output = ()>, name: &'static str) {
+    use futures::FutureExt;
+    if let Err(payload) = std::panic::AssertUnwindSafe(hook).catch_unwind().await {
+        error!(hook = name, panic = %panic_message(payload.as_ref()), "a hook panicked");
+    }
 }
 
 fn panic_error(join_error: tokio::task::JoinError) -> TaskError {
