@@ -56,6 +56,41 @@ impl Urls {
     }
 }
 
+impl Urls {
+    /// A fixed broker URL and the backend URL from an environment variable, skipped or
+    /// failing like [`Urls::from_env`] when it is missing.
+    pub fn backend_from_env(broker: &str, backend_variable: &str) -> Option<Self> {
+        match std::env::var(backend_variable) {
+            Ok(backend) => Some(Self::new(broker, backend)),
+            Err(_) if std::env::var("CI").is_ok_and(|value| value == "true") => panic!(
+                "{backend_variable} is not set under CI: run the tests with `cargo xtask test`"
+            ),
+            Err(_) => {
+                eprintln!("skipped: {backend_variable} not set (use `cargo xtask test`)");
+                None
+            }
+        }
+    }
+}
+
+impl Urls {
+    /// The broker URL from an environment variable and a fixed backend URL (e.g.
+    /// `memory://`, which works because every scenario uses one app for producer and
+    /// worker), skipped or failing like [`Urls::from_env`] when the variable is missing.
+    pub fn from_env_with_backend(broker_variable: &str, backend: &str) -> Option<Self> {
+        match std::env::var(broker_variable) {
+            Ok(broker) => Some(Self::new(broker, backend)),
+            Err(_) if std::env::var("CI").is_ok_and(|value| value == "true") => panic!(
+                "{broker_variable} is not set under CI: run the tests with `cargo xtask test`"
+            ),
+            Err(_) => {
+                eprintln!("skipped: {broker_variable} not set (use `cargo xtask test`)");
+                None
+            }
+        }
+    }
+}
+
 /// A queue name no other scenario uses.
 pub fn unique_queue(label: &str) -> String {
     format!("e2e.{label}.{}", uuid_like())

@@ -1,0 +1,57 @@
+//! The shared result backend conformance suite, unchanged, on PostgreSQL and on SQLite.
+
+#![cfg(any(feature = "postgres", feature = "sqlite"))]
+
+mod common;
+
+/// On the PostgreSQL of `QUEUE_TEST_POSTGRES_URL` (skipped without it, failing under CI).
+/// Every check uses ids of its own, so they share the database; the expiry check only
+/// deletes rows its own short expiry stamped.
+#[cfg(feature = "postgres")]
+mod postgres {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use queue_results::{PostgresBackend, SqlOptions};
+
+    use super::common;
+
+    queue_core::backend_conformance_tests!({
+        // Evaluated at the start of each test: without a server, the test ends here.
+        let Some(url) = common::postgres_url() else {
+            return;
+        };
+        move |expiry: Option<Duration>| async move {
+            let options = match expiry {
+                Some(expiry) => SqlOptions::default().expiry(Some(expiry)),
+                None => SqlOptions::default(),
+            };
+            let backend = PostgresBackend::connect_with(&url, options)
+                .await
+                .unwrap_or_else(|error| panic!("connect to PostgreSQL: {error}"));
+            Arc::new(backend)
+        }
+    });
+}
+
+/// On a SQLite file of its own per test.
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use queue_results::{SqlOptions, SqliteBackend};
+
+    use super::common;
+
+    queue_core::backend_conformance_tests!(|expiry: Option<Duration>| async move {
+        let options = match expiry {
+            Some(expiry) => SqlOptions::default().expiry(Some(expiry)),
+            None => SqlOptions::default(),
+        };
+        let backend = SqliteBackend::connect_with(&common::sqlite_url("conformance"), options)
+            .await
+            .unwrap_or_else(|error| panic!("open SQLite: {error}"));
+        Arc::new(backend)
+    });
+}
