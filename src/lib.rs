@@ -42,6 +42,13 @@ pub use queue_worker::{Hooks, Outcome, Worker, WorkerError, WorkerHandle, Worker
 #[cfg(feature = "worker")]
 pub use queue_worker as worker;
 
+// Broker and backend crates register their URL schemes at link time; naming their
+// connectors here makes sure a crate enabled by a feature is linked into every program.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[used]
+static LINK_SQL_CONNECTOR: &fn() -> std::sync::Arc<dyn connect::Connector> =
+    &queue_results::SQL_CONNECTOR;
+
 /// What most programs need: `use queue::prelude::*;`.
 pub mod prelude {
     #[cfg(feature = "worker")]

@@ -5,13 +5,6 @@
 
 mod scenarios;
 
-/// Links `queue-results`, whose connector registers itself at link time. The facade does
-/// this itself once its `postgres`/`sqlite` features refer to `queue_results::SQL_CONNECTOR`;
-/// until then the test binary must.
-fn link_sql_connector() {
-    let _ = &queue_results::SQL_CONNECTOR;
-}
-
 /// Results in the PostgreSQL of `QUEUE_TEST_POSTGRES_URL` (skipped without it, failing
 /// under CI).
 #[cfg(feature = "postgres")]
@@ -19,7 +12,6 @@ mod postgres {
     use super::scenarios;
 
     scenarios::e2e_scenarios!({
-        super::link_sql_connector();
         scenarios::Urls::backend_from_env("memory://", "QUEUE_TEST_POSTGRES_URL")
     });
 }
@@ -30,7 +22,6 @@ mod sqlite {
     use super::scenarios;
 
     fn urls() -> Option<scenarios::Urls> {
-        super::link_sql_connector();
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         static SWEPT: std::sync::Once = std::sync::Once::new();
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e_sql");
@@ -73,7 +64,6 @@ mod sqlite {
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn facade_connects_sql_urls() {
-    link_sql_connector();
     let app = queue::App::builder()
         .broker("memory://")
         .backend("sqlite::memory:")
@@ -82,4 +72,15 @@ async fn facade_connects_sql_urls() {
         .expect("sqlite:// is served with the sqlite feature");
     let backend = format!("{:?}", app.backend().expect("a backend"));
     assert!(backend.starts_with("SqliteBackend"), "{backend}");
+}
+
+/// Through the facade alone (no reference to queue-results in this function), `sqlite://`
+/// works when the feature is on.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn the_facade_links_the_sql_connector_by_feature() {
+    for url in ["sqlite::memory:", "sqlite://:memory:"] {
+        let app = queue::App::builder().backend(url).build().await.unwrap();
+        assert!(app.backend().is_some(), "{url}");
+    }
 }

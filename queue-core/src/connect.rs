@@ -46,6 +46,13 @@ impl std::str::FromStr for RedactedUrl {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        // `sqlite://:memory:` is common (SQLAlchemy style) but not a valid URL: read it as
+        // sqlx's `sqlite::memory:`.
+        let text = if text == "sqlite://:memory:" {
+            "sqlite::memory:"
+        } else {
+            text
+        };
         Url::parse(text).map(RedactedUrl).map_err(|error| {
             // The text may hold a password: name only the scheme.
             let scheme = text.split("://").next().unwrap_or("?");
