@@ -1,0 +1,345 @@
+//! [`Consumer`] on AMQP push: RabbitMQ pushes deliveries (`basic.consume`) into buffers,
+//! one per queue, and [`Consumer::fetch`] hands them out in the worker's queue order. A
+//! fetch takes from the buffers without awaiting anything in between, so a fetch future
+//! dropped at any point has taken nothing: cancel-safe. Deliveries stay unacked at
+//! RabbitMQ until settled, and come back (`redelivered`) if the channel closes first.
+//!
+//! See [`driver`] for how prefetch and the queue order work together.
+
+pub mod driver;
+mod settle;
+mod state;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, FixedOffset};
+use queue_core::broker::{
+    BrokerError, ConsumeOptions, Consumer, DEAD_LETTER_REASON_HEADER, Delivery, QueueOrder,
+};
+use queue_core::protocol::time;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::broker::BrokerInner;
+use crate::error::AmqpError;
+use crate::publisher::Outgoing;
+use crate::topology::{delay_entry, delay_routing_key};
+use crate::wire;
+use settle::{Kind, Settle};
+use state::{State, decode_tag};
+
+/// What the consumer's handle, its driver and its settling task share.
+pub(crate) struct Shared {
+    pub(crate) broker: Arc<BrokerInner>,
+    pub(crate) queues: Vec<String>,
+    pub(crate) order: QueueOrder,
+    /// The prefetch hint (most messages pushed ahead), if the worker gave one.
+    pub(crate) cap: Option<u16>,
+    state: Mutex<State>,
+    /// Deliveries arrived or the channel changed: fetches look again.
+    pub(crate) arrived: Notify,
+    /// The worker's demand or the unacked count changed: the driver looks again.
+    pub(crate) demand_changed: Notify,
+    pub(crate) shutdown: CancellationToken,
+    settle: mpsc::UnboundedSender<Settle>,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A consumer of one or more RabbitMQ queues.
+pub(crate) struct AmqpConsumer {
+    shared: Arc<Shared>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+impl AmqpConsumer {
+    pub(crate) fn start(
+        broker: Arc<BrokerInner>,
+        options: ConsumeOptions,
+    ) -> Result<Self, BrokerError> {
+        if options.queues.is_empty() {
+            return Err(BrokerError::Refused("no queue to consume".into()));
+        }
+        let (settle, operations) = mpsc::unbounded_channel();
+        let cap =
+            (options.prefetch > 0).then(|| u16::try_from(options.prefetch).unwrap_or(u16::MAX));
+        let shared = Arc::new(Shared {
+            broker,
+            state: Mutex::new(State::new(
+                options.queues.len(),
+                driver::weighted_prefetch(&options.order, options.queues.len(), cap),
+            )),
+            queues: options.queues,
+            order: options.order,
+            cap,
+            arrived: Notify::new(),
+            demand_changed: Notify::new(),
+            shutdown: CancellationToken::new(),
+            settle,
+        });
+        let tasks = vec![
+            tokio::spawn(driver::run(shared.clone())),
+            tokio::spawn(settle::run(shared.clone(), operations)),
+        ];
+        Ok(Self {
+            shared,
+            tasks: Mutex::new(tasks),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    async fn settle(&self, delivery: &Delivery, kind: Kind) -> Result<(), BrokerError> {
+        let (done, outcome) = oneshot::channel();
+        self.shared
+            .settle
+            .send(Settle::Op {
+                tag: delivery.tag.clone(),
+                kind,
+                done,
+            })
+            .map_err(|_| BrokerError::Closed)?;
+        outcome.await.map_err(|_| BrokerError::Closed)?
+    }
+
+    /// The queue, properties and body of an unsettled delivery, for re-publishing it.
+    fn outstanding(
+        &self,
+        delivery: &Delivery,
+    ) -> Result<(usize, lapin::BasicProperties, Arc<Vec<u8>>), BrokerError> {
+        let state = self.shared.lock();
+        let (generation, amqp_tag) = decode_tag(&delivery.tag).ok_or_else(|| {
+            BrokerError::Refused(format!("unknown delivery tag {}", delivery.tag))
+        })?;
+        if generation != state.generation {
+            return Err(AmqpError::StaleDelivery(amqp_tag).into());
+        }
+        let outstanding = state.outstanding.get(&amqp_tag).ok_or_else(|| {
+            BrokerError::Refused(format!("delivery {} is not unacked here", delivery.tag))
+        })?;
+        Ok((
+            outstanding.queue,
+            outstanding.properties.clone(),
+            outstanding.body.clone(),
+        ))
+    }
+}
+
+/// Registers a fetch's demand while it waits, and withdraws it however the fetch ends.
+struct Demand<'a> {
+    shared: &'a Shared,
+    amount: usize,
+}
+
+impl<'a> Demand<'a> {
+    fn new(shared: &'a Shared, amount: usize) -> Self {
+        shared.lock().demand += amount;
+        shared.demand_changed.notify_one();
+        Self { shared, amount }
+    }
+}
+
+impl Demand<'_> {
+    /// The fetch got its messages: its demand ends with the same lock that handed them out,
+    /// so the driver never counts both the messages and the demand for them.
+    fn satisfied(&mut self, state: &mut State) {
+        state.demand = state.demand.saturating_sub(self.amount);
+        self.amount = 0;
+    }
+}
+
+impl Drop for Demand<'_> {
+    fn drop(&mut self) {
+        if self.amount > 0 {
+            let mut state = self.shared.lock();
+            state.demand = state.demand.saturating_sub(self.amount);
+        }
+    }
+}
+
+fn task_fields(delivery: &Delivery) -> (&str, &str) {
+    match &delivery.content {
+        Ok(message) => (message.id(), message.task_name()),
+        Err(_) => ("?", "?"),
+    }
+}
+
+#[async_trait]
+impl Consumer for AmqpConsumer {
+    async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::Closed);
+        }
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut demand = Demand::new(&self.shared, max);
+        loop {
+            let arrived = self.shared.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            let held_back = {
+                let mut state = self.shared.lock();
+                if state.closed {
+                    return Err(BrokerError::Closed);
+                }
+                let taken = state.take(max, &self.shared.queues, &self.shared.order);
+                if !taken.is_empty() {
+                    demand.satisfied(&mut state);
+                    return Ok(taken);
+                }
+                // Weighted order waits for a queue being refilled while others have
+                // messages; look again soon, in case its refill never comes.
+                state.buffered > 0
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let wake = if held_back {
+                deadline.min(now + Duration::from_millis(5))
+            } else {
+                deadline
+            };
+            tokio::select! {
+                () = &mut arrived => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError> {
+        self.settle(delivery, Kind::Ack).await
+    }
+
+    async fn reject(&self, delivery: &Delivery, requeue: bool) -> Result<(), BrokerError> {
+        self.settle(delivery, Kind::Reject { requeue }).await
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BrokerError> {
+        let (_, properties, body) = self.outstanding(delivery)?;
+        let queue = &delivery.queue;
+        let broker = &self.shared.broker;
+        broker.topology.ensure_dead_letter(queue).await?;
+        let outgoing = Outgoing {
+            exchange: broker.config.dead_letter_exchange.clone(),
+            routing_key: queue.clone(),
+            properties: wire::republish_properties(
+                &properties,
+                Some((DEAD_LETTER_REASON_HEADER, reason)),
+            ),
+            body,
+        };
+        broker.publisher.publish(&[outgoing]).await?;
+        let (task_id, task_name) = task_fields(delivery);
+        info!(task_id, task_name, queue = %queue, reason, "dead-lettered");
+        self.ack(delivery).await
+    }
+
+    async fn defer(
+        &self,
+        delivery: &Delivery,
+        until: DateTime<FixedOffset>,
+    ) -> Result<(), BrokerError> {
+        let delay = until - time::now();
+        let delay_ms = delay
+            .num_microseconds()
+            .map_or(i64::MAX, |micros| (micros + 999) / 1000);
+        if delay_ms <= 0 {
+            return self.reject(delivery, true).await;
+        }
+        let (_, properties, body) = self.outstanding(delivery)?;
+        let queue = &delivery.queue;
+        let broker = &self.shared.broker;
+        broker.topology.ensure_queue(queue).await?;
+        broker.topology.ensure_delay(queue).await?;
+        let delay_ms = delay_ms.unsigned_abs();
+        let outgoing = Outgoing {
+            exchange: delay_entry(&broker.config.delay_prefix, delay_ms),
+            routing_key: delay_routing_key(delay_ms, queue),
+            properties: wire::republish_properties(&properties, None),
+            body,
+        };
+        broker.publisher.publish(&[outgoing]).await?;
+        self.ack(delivery).await
+    }
+
+    async fn close(&self) -> Result<(), BrokerError> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        close(&self.shared, self.take_tasks()).await;
+        Ok(())
+    }
+}
+
+impl AmqpConsumer {
+    fn take_tasks(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(
+            &mut *self
+                .tasks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+}
+
+/// Sends what was settled, stops the tasks and closes the channel: RabbitMQ takes back
+/// every delivery not settled, buffered or handed out.
+async fn close(shared: &Arc<Shared>, tasks: Vec<JoinHandle<()>>) {
+    shared.lock().closed = true;
+    shared.arrived.notify_waiters();
+    let (flushed, done) = oneshot::channel();
+    if shared.settle.send(Settle::Flush(flushed)).is_ok() {
+        let _ = done.await;
+    }
+    shared.shutdown.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let channel = {
+        let mut state = shared.lock();
+        let generation = state.generation;
+        let channel = state.channel.take();
+        state.reset(generation, None);
+        channel
+    };
+    if let Some(channel) = channel {
+        if let Err(error) = channel.close(200, "consumer closed").await {
+            warn!(queues = ?shared.queues, %error, "closing the consumer channel failed");
+        }
+    }
+}
+
+impl Drop for AmqpConsumer {
+    fn drop(&mut self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // A consumer dropped without close (a worker that died): give its messages back now
+        // rather than when the connection goes.
+        let tasks = self.take_tasks();
+        let shared = self.shared.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { close(&shared, tasks).await });
+            }
+            Err(_) => {
+                shared.shutdown.cancel();
+                tasks.iter().for_each(JoinHandle::abort);
+            }
+        }
+    }
+}

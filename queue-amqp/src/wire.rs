@@ -1,0 +1,397 @@
+//! Messages on AMQP as kombu/py-amqp put them (wire spec §3.3): protocol v2 headers in
+//! `application_headers`, the standard properties, the body bytes untouched.
+//!
+//! Header tables follow py-amqp's encoding: str → `S`, bool → `t`, float → `d`, int → `I`
+//! (signed 32) or `l` (signed 64; py-amqp writes `L` and reads both), dict → `F`, list →
+//! `A`, `None` → `V` (void). So `timelimit: [null, null]` is an array of two voids.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use queue_core::broker::Undecodable;
+use queue_core::protocol::{Headers, JSON_CONTENT_TYPE, Message, Properties, ProtocolError};
+use serde_json::{Map, Number, Value};
+
+/// Headers RabbitMQ adds when it dead-letters a message (also through our delay queues).
+const DEATH_HEADERS: [&str; 2] = ["x-first-death-", "x-last-death-"];
+
+/// A JSON value as py-amqp would encode the equivalent Python value.
+pub(crate) fn json_to_amqp(value: &Value) -> AMQPValue {
+    match value {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(flag) => AMQPValue::Boolean(*flag),
+        Value::Number(number) => number_to_amqp(number),
+        Value::String(text) => AMQPValue::LongString(LongString::from(text.as_bytes())),
+        Value::Array(items) => AMQPValue::FieldArray(FieldArray::from(
+            items.iter().map(json_to_amqp).collect::<Vec<_>>(),
+        )),
+        Value::Object(map) => AMQPValue::FieldTable(json_to_table(map)),
+    }
+}
+
+fn number_to_amqp(number: &Number) -> AMQPValue {
+    if let Some(integer) = number.as_i64() {
+        // py-amqp's bounds: ±(2^31 - 1) as `I`, anything wider as 64-bit.
+        match i32::try_from(integer) {
+            Ok(small) if small != i32::MIN => AMQPValue::LongInt(small),
+            _ => AMQPValue::LongLongInt(integer),
+        }
+    } else {
+        // Floats, and integers beyond i64 (which AMQP tables cannot hold exactly).
+        AMQPValue::Double(number.as_f64().unwrap_or(0.0))
+    }
+}
+
+/// A JSON object as an AMQP field table.
+pub(crate) fn json_to_table(map: &Map<String, Value>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in map {
+        table.insert(ShortString::from(key.as_str()), json_to_amqp(value));
+    }
+    table
+}
+
+/// An AMQP value as JSON. Timestamps become seconds; decimals become floats; byte arrays
+/// and long strings become (lossy) UTF-8 strings.
+pub(crate) fn amqp_to_json(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Boolean(flag) => Value::Bool(*flag),
+        AMQPValue::ShortShortInt(number) => Value::from(*number),
+        AMQPValue::ShortShortUInt(number) => Value::from(*number),
+        AMQPValue::ShortInt(number) => Value::from(*number),
+        AMQPValue::ShortUInt(number) => Value::from(*number),
+        AMQPValue::LongInt(number) => Value::from(*number),
+        AMQPValue::LongUInt(number) => Value::from(*number),
+        AMQPValue::LongLongInt(number) => Value::from(*number),
+        AMQPValue::Float(number) => float(f64::from(*number)),
+        AMQPValue::Double(number) => float(*number),
+        AMQPValue::DecimalValue(decimal) => {
+            float(f64::from(decimal.value) / 10f64.powi(i32::from(decimal.scale)))
+        }
+        AMQPValue::ShortString(text) => Value::String(text.as_str().to_owned()),
+        AMQPValue::LongString(text) => {
+            Value::String(String::from_utf8_lossy(text.as_bytes()).into_owned())
+        }
+        AMQPValue::FieldArray(items) => {
+            Value::Array(items.as_slice().iter().map(amqp_to_json).collect())
+        }
+        AMQPValue::Timestamp(seconds) => Value::from(*seconds),
+        AMQPValue::FieldTable(table) => Value::Object(table_to_json(table)),
+        AMQPValue::ByteArray(bytes) => {
+            Value::String(String::from_utf8_lossy(bytes.as_slice()).into_owned())
+        }
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+fn float(number: f64) -> Value {
+    Number::from_f64(number).map_or(Value::Null, Value::Number)
+}
+
+/// An AMQP field table as a JSON object.
+pub(crate) fn table_to_json(table: &FieldTable) -> Map<String, Value> {
+    table
+        .inner()
+        .iter()
+        .map(|(key, value)| (key.as_str().to_owned(), amqp_to_json(value)))
+        .collect()
+}
+
+/// The AMQP properties of `message`, as kombu sets them: persistent unless the message
+/// says otherwise. `keep_expiration` is false for messages routed through the delay queues,
+/// where a per-message TTL would move them on early (the `expires` header still holds).
+pub(crate) fn properties(
+    message: &Message,
+    keep_expiration: bool,
+) -> Result<BasicProperties, ProtocolError> {
+    let headers = match serde_json::to_value(&message.headers) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(ProtocolError::Malformed("headers are not an object".into())),
+        Err(source) => {
+            return Err(ProtocolError::Json {
+                what: "message headers",
+                source,
+            });
+        }
+    };
+    let props = &message.properties;
+    let mut amqp = BasicProperties::default()
+        .with_content_type(ShortString::from(message.content_type.as_str()))
+        .with_content_encoding(ShortString::from(message.content_encoding.as_str()))
+        .with_headers(json_to_table(&headers))
+        .with_delivery_mode(props.delivery_mode.unwrap_or(2));
+    if let Some(priority) = props.priority {
+        amqp = amqp.with_priority(priority);
+    }
+    if let Some(id) = &props.correlation_id {
+        amqp = amqp.with_correlation_id(ShortString::from(id.as_str()));
+    }
+    if let Some(reply_to) = &props.reply_to {
+        amqp = amqp.with_reply_to(ShortString::from(reply_to.as_str()));
+    }
+    if keep_expiration {
+        if let Some(expiration) = props.expiration.as_deref() {
+            // A TTL of 0 makes RabbitMQ drop the message unless a consumer is waiting: the
+            // worker would never see it to record it as revoked. Leave it to the worker.
+            if expiration.parse::<u64>().is_ok_and(|millis| millis > 0) {
+                amqp = amqp.with_expiration(ShortString::from(expiration));
+            }
+        }
+    }
+    // The other AMQP properties, when a message carries them (py-amqp drops unknown ones).
+    let text = |key: &str| props.extra.get(key).and_then(Value::as_str);
+    if let Some(id) = text("message_id") {
+        amqp = amqp.with_message_id(ShortString::from(id));
+    }
+    if let Some(kind) = text("type") {
+        amqp = amqp.with_type(ShortString::from(kind));
+    }
+    if let Some(app) = text("app_id") {
+        amqp = amqp.with_app_id(ShortString::from(app));
+    }
+    if let Some(timestamp) = props.extra.get("timestamp").and_then(Value::as_u64) {
+        amqp = amqp.with_timestamp(timestamp);
+    }
+    Ok(amqp)
+}
+
+/// Decodes a received message. `delay_prefix` names our delay queues, whose dead-letter
+/// traces are removed (they are an implementation detail of eta, not the message's story).
+/// Never panics: what does not decode comes back as [`Undecodable`] with the body.
+pub(crate) fn decode(
+    properties: &BasicProperties,
+    body: &[u8],
+    delay_prefix: &str,
+) -> Result<Message, Undecodable> {
+    let mut headers = properties
+        .headers()
+        .as_ref()
+        .map(table_to_json)
+        .unwrap_or_default();
+    strip_delay_deaths(&mut headers, delay_prefix);
+    let headers: Headers =
+        serde_json::from_value(Value::Object(headers)).map_err(|error| Undecodable {
+            raw: body.to_vec(),
+            error: format!("invalid protocol v2 headers: {error}"),
+        })?;
+    let mut extra = Map::new();
+    let mut put = |key: &str, value: Option<Value>| {
+        if let Some(value) = value {
+            extra.insert(key.to_owned(), value);
+        }
+    };
+    let text = |value: &Option<ShortString>| value.as_ref().map(|s| Value::from(s.as_str()));
+    put("message_id", text(properties.message_id()));
+    put("type", text(properties.kind()));
+    put("app_id", text(properties.app_id()));
+    put("user_id", text(properties.user_id()));
+    put("timestamp", properties.timestamp().map(Value::from));
+    let string = |value: &Option<ShortString>| value.as_ref().map(|s| s.as_str().to_owned());
+    Ok(Message {
+        headers,
+        properties: Properties {
+            correlation_id: string(properties.correlation_id()),
+            reply_to: string(properties.reply_to()),
+            delivery_mode: *properties.delivery_mode(),
+            priority: *properties.priority(),
+            expiration: string(properties.expiration()),
+            extra,
+        },
+        content_type: string(properties.content_type())
+            .unwrap_or_else(|| JSON_CONTENT_TYPE.to_owned()),
+        content_encoding: string(properties.content_encoding())
+            .unwrap_or_else(|| "utf-8".to_owned()),
+        body: body.to_vec(),
+    })
+}
+
+/// Removes the `x-death` entries of our delay queues; when none is left, the other
+/// dead-letter headers go too.
+fn strip_delay_deaths(headers: &mut Map<String, Value>, delay_prefix: &str) {
+    let Some(Value::Array(deaths)) = headers.get_mut("x-death") else {
+        return;
+    };
+    let ours = |death: &Value| {
+        death
+            .get("queue")
+            .and_then(Value::as_str)
+            .is_some_and(|queue| queue.starts_with(delay_prefix))
+    };
+    let before = deaths.len();
+    deaths.retain(|death| !ours(death));
+    if deaths.len() == before {
+        return;
+    }
+    if deaths.is_empty() {
+        headers.retain(|key, _| !is_death_header(key));
+    }
+}
+
+fn is_death_header(key: &str) -> bool {
+    key == "x-death" || DEATH_HEADERS.iter().any(|prefix| key.starts_with(prefix))
+}
+
+/// Properties for re-publishing a received message (defer, dead letter): RabbitMQ's
+/// dead-letter headers removed, so that its cycle detection never drops a message that
+/// passes a delay queue twice, and no TTL, which would cut a delay or a dead letter short.
+pub(crate) fn republish_properties(
+    received: &BasicProperties,
+    extra_header: Option<(&str, &str)>,
+) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(table) = received.headers() {
+        for (key, value) in table.inner() {
+            if !is_death_header(key.as_str()) {
+                headers.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    if let Some((key, value)) = extra_header {
+        headers.insert(
+            ShortString::from(key),
+            AMQPValue::LongString(LongString::from(value.as_bytes())),
+        );
+    }
+    // Every property but the TTL (the builder cannot unset one, so copy field by field).
+    let mut properties = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(received.delivery_mode().unwrap_or(2));
+    let copy = |value: &Option<ShortString>| value.clone();
+    if let Some(value) = copy(received.content_type()) {
+        properties = properties.with_content_type(value);
+    }
+    if let Some(value) = copy(received.content_encoding()) {
+        properties = properties.with_content_encoding(value);
+    }
+    if let Some(value) = *received.priority() {
+        properties = properties.with_priority(value);
+    }
+    if let Some(value) = copy(received.correlation_id()) {
+        properties = properties.with_correlation_id(value);
+    }
+    if let Some(value) = copy(received.reply_to()) {
+        properties = properties.with_reply_to(value);
+    }
+    if let Some(value) = copy(received.message_id()) {
+        properties = properties.with_message_id(value);
+    }
+    if let Some(value) = *received.timestamp() {
+        properties = properties.with_timestamp(value);
+    }
+    if let Some(value) = copy(received.kind()) {
+        properties = properties.with_type(value);
+    }
+    if let Some(value) = copy(received.app_id()) {
+        properties = properties.with_app_id(value);
+    }
+    properties
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use queue_core::protocol::TimeLimit;
+    use serde_json::json;
+
+    #[test]
+    fn json_round_trips_through_field_tables() {
+        let value = json!({
+            "timelimit": [null, null],
+            "numbers": [1, -2147483647, 2147483648i64, -2147483648i64, 2.5, 1.0],
+            "nested": {"list": [1, 2.5, null, true, "s"], "empty": {}},
+            "text": "é ✓",
+        });
+        let Value::Object(map) = &value else {
+            unreachable!()
+        };
+        let table = json_to_table(map);
+        let Some(AMQPValue::FieldArray(limits)) = table.inner().get("timelimit") else {
+            panic!("timelimit is not an array")
+        };
+        assert_eq!(limits.as_slice(), &[AMQPValue::Void, AMQPValue::Void]);
+        let Some(AMQPValue::FieldArray(numbers)) = table.inner().get("numbers") else {
+            panic!("numbers is not an array")
+        };
+        assert_eq!(numbers.as_slice()[0], AMQPValue::LongInt(1));
+        assert_eq!(numbers.as_slice()[2], AMQPValue::LongLongInt(2147483648));
+        assert_eq!(numbers.as_slice()[3], AMQPValue::LongLongInt(-2147483648));
+        assert_eq!(numbers.as_slice()[5], AMQPValue::Double(1.0));
+        assert_eq!(Value::Object(table_to_json(&table)), value);
+    }
+
+    #[test]
+    fn message_round_trips_and_garbage_is_undecodable() {
+        let mut headers = Headers::new("tasks.add", "id-1");
+        headers.timelimit = TimeLimit(Some(30.into()), serde_json::Number::from_f64(20.5));
+        let message = Message {
+            headers,
+            properties: Properties {
+                correlation_id: Some("id-1".into()),
+                reply_to: Some("reply".into()),
+                delivery_mode: Some(2),
+                priority: Some(5),
+                expiration: Some("60000".into()),
+                extra: Map::new(),
+            },
+            content_type: JSON_CONTENT_TYPE.into(),
+            content_encoding: "utf-8".into(),
+            body: br#"[[1, 2], {}, null]"#.to_vec(),
+        };
+        let amqp = properties(&message, true).unwrap();
+        let back = decode(&amqp, &message.body, "queue.delay").unwrap();
+        assert_eq!(back, message);
+        let delayed = properties(&message, false).unwrap();
+        assert!(delayed.expiration().is_none());
+
+        let empty = decode(&BasicProperties::default(), b"\xff\x00", "queue.delay");
+        let undecodable = empty.unwrap_err();
+        assert_eq!(undecodable.raw, b"\xff\x00");
+        assert!(
+            undecodable.error.contains("headers"),
+            "{}",
+            undecodable.error
+        );
+    }
+
+    #[test]
+    fn zero_ttl_is_not_sent() {
+        let mut message = Message::new(
+            Headers::new("t", "i"),
+            Properties {
+                expiration: Some("0".into()),
+                ..Properties::default()
+            },
+            &queue_core::TaskBody::default(),
+        );
+        assert!(properties(&message, true).unwrap().expiration().is_none());
+        message.properties.expiration = Some("1".into());
+        assert!(properties(&message, true).unwrap().expiration().is_some());
+    }
+
+    #[test]
+    fn delay_deaths_are_stripped_others_kept() {
+        let mut headers = json!({
+            "task": "t", "id": "i",
+            "x-death": [{"queue": "queue.delay.3", "reason": "expired"}],
+            "x-first-death-queue": "queue.delay.3",
+            "x-first-death-reason": "expired",
+        });
+        let Value::Object(map) = &mut headers else {
+            unreachable!()
+        };
+        strip_delay_deaths(map, "queue.delay");
+        assert_eq!(map.len(), 2);
+        let mut mixed = json!({
+            "x-death": [{"queue": "queue.delay.3"}, {"queue": "celery", "reason": "rejected"}],
+            "x-first-death-queue": "celery",
+        });
+        let Value::Object(map) = &mut mixed else {
+            unreachable!()
+        };
+        strip_delay_deaths(map, "queue.delay");
+        assert_eq!(
+            map["x-death"],
+            json!([{"queue": "celery", "reason": "rejected"}])
+        );
+        assert_eq!(map["x-first-death-queue"], "celery");
+    }
+}

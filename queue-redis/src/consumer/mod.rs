@@ -1,0 +1,479 @@
+//! [`RedisConsumer`]: fetch, ack, reject, dead-letter, defer and renew on kombu's layout.
+//!
+//! A fetch takes messages with one script that also records them in `unacked` and
+//! `unacked_index`, exactly as a kombu consumer does, so a message is never only in this
+//! process's memory. When the queues are empty the consumer blocks in `BRPOP` (as kombu does)
+//! on a connection of its own, and records what it pops with the same script right away.
+//! The whole fetch runs in a task of its own: a caller that stops waiting (a dropped fetch
+//! future) leaves the messages to the next fetch instead of losing them. Acks go out
+//! without waiting, as AMQP's do; `close` waits for those sent before it.
+
+mod take;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, FixedOffset};
+use fred::prelude::{Client, ClientInterface, ClientLike, SortedSetsInterface};
+use fred::types::Value;
+use fred::types::sorted_sets::Ordering as ZOrdering;
+use queue_core::broker::{
+    BrokerError, ConsumeOptions, Consumer, Delivery, DeliveryTag, QueueOrder,
+};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::broker::{BrokerInner, Write, index_score};
+use crate::connection;
+use crate::error::broker_error;
+use crate::restore;
+use crate::scripts;
+use crate::wire;
+
+/// Longest single `BRPOP`: bounds how late a delayed message published by another process
+/// is promoted while this consumer waits, and how long `close` waits for a fetch.
+const MAX_BLOCK: Duration = Duration::from_secs(1);
+
+/// Most messages one fetch takes (Lua's stack bounds the script's batch).
+const MAX_BATCH: usize = 1000;
+
+/// A consumer of several queues; see the module docs.
+pub(crate) struct RedisConsumer {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) broker: Arc<BrokerInner>,
+    /// A connection of its own for `BRPOP`, which blocks it.
+    blocking: Client,
+    queues: Vec<String>,
+    order: QueueOrder,
+    /// Every list of every queue, queue by queue, each queue's lists in serving order.
+    lists: Vec<String>,
+    /// Lists per queue.
+    per: usize,
+    delayed: Vec<String>,
+    /// What this consumer holds: fetched and not yet acked, rejected, deferred or
+    /// dead-lettered.
+    held: Mutex<HashMap<String, Held>>,
+    /// Deliveries fetched for a caller that went away; the next fetch returns them first.
+    stash: Mutex<VecDeque<Delivery>>,
+    /// One fetch at a time: they share the blocking connection.
+    fetching: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+    sequence: AtomicU64,
+    /// Most messages held at once, counting those taken ahead (0: no reading ahead).
+    prefetch: usize,
+    reading_ahead: AtomicBool,
+    /// Whether the last take left the queues empty.
+    drained: AtomicBool,
+    /// When the earliest delayed message of the queues is due (ms since the epoch; MAX: none).
+    next_due: AtomicI64,
+}
+
+/// A held message: where it came from and its bytes as stored, to give it back.
+#[derive(Clone)]
+pub(crate) struct Held {
+    /// Index into `lists`.
+    list: usize,
+    raw: Vec<u8>,
+    /// Whether it is recorded in `unacked` (elements that are not JSON objects are not).
+    recorded: bool,
+    /// Fetch order, to give messages back in the order they were taken.
+    sequence: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl RedisConsumer {
+    pub(crate) async fn start(
+        broker: Arc<BrokerInner>,
+        options: ConsumeOptions,
+    ) -> Result<Self, BrokerError> {
+        let blocking = connection::connect(&broker.options, "consumer").await?;
+        let keys = &broker.keys;
+        let lists = options
+            .queues
+            .iter()
+            .flat_map(|queue| keys.lists(queue))
+            .collect();
+        let delayed = options
+            .queues
+            .iter()
+            .map(|queue| keys.delayed(queue))
+            .collect();
+        let shared = Arc::new(Shared {
+            per: keys.steps().len(),
+            broker,
+            blocking,
+            queues: options.queues,
+            order: options.order,
+            lists,
+            delayed,
+            held: Mutex::new(HashMap::new()),
+            stash: Mutex::new(VecDeque::new()),
+            fetching: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
+            sequence: AtomicU64::new(0),
+            prefetch: options.prefetch,
+            reading_ahead: AtomicBool::new(false),
+            drained: AtomicBool::new(false),
+            next_due: AtomicI64::new(i64::MAX),
+        });
+        tokio::spawn(maintain(Arc::downgrade(&shared)));
+        debug!(queues = ?shared.queues, "consuming");
+        Ok(Self { shared })
+    }
+}
+
+/// Renews what the consumer holds well within the visibility timeout, whatever interval the
+/// worker renews at, and restores overdue messages of dead consumers (kombu's sweep).
+async fn maintain(shared: Weak<Shared>) {
+    let Some(visibility) = shared
+        .upgrade()
+        .map(|s| s.broker.options.visibility_timeout)
+    else {
+        return;
+    };
+    let renew_every = (visibility / 4).max(Duration::from_millis(50));
+    let sweep_every = (visibility / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut next_renew = Instant::now() + renew_every;
+    let mut next_sweep = Instant::now();
+    loop {
+        tokio::time::sleep_until(next_renew.min(next_sweep)).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let now = Instant::now();
+        if now >= next_renew {
+            next_renew = now + renew_every;
+            let tags: Vec<DeliveryTag> = lock(&shared.held)
+                .iter()
+                .filter(|(_, held)| held.recorded)
+                .map(|(tag, _)| DeliveryTag::Text(tag.clone()))
+                .collect();
+            if let Err(error) = shared.renew_tags(&tags).await {
+                warn!(%error, count = tags.len(), "renewing visibility failed");
+            }
+        }
+        if now >= next_sweep {
+            next_sweep = now + sweep_every;
+            match restore::sweep(&shared.broker).await {
+                Ok(0) => {}
+                Ok(restored) => info!(
+                    restored,
+                    "restored messages whose visibility timeout passed"
+                ),
+                Err(error) => warn!(%error, "restoring overdue messages failed"),
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn release(&self, delivery: &Delivery) -> Result<(String, Held), BrokerError> {
+        let DeliveryTag::Text(tag) = &delivery.tag else {
+            return Err(BrokerError::Refused(format!(
+                "unknown delivery tag {}",
+                delivery.tag
+            )));
+        };
+        lock(&self.held)
+            .remove(tag)
+            .map(|held| (tag.clone(), held))
+            .ok_or_else(|| BrokerError::Refused(format!("delivery {tag} is not unacked here")))
+    }
+
+    /// Runs the move script for `(op, tag, destination, payload, score)` groups.
+    async fn move_out(&self, groups: Vec<[Value; 5]>) -> Result<(), BrokerError> {
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let broker = &self.broker;
+        // The record of a message popped by BRPOP may still be on its way: the move checks
+        // that the message is unacked, so it goes after the writes sent before it. (Free when
+        // none are pending.)
+        broker.writes.submit(Write::Mark).await?;
+        let keys = vec![
+            broker.keys.unacked.clone(),
+            broker.keys.unacked_index.clone(),
+        ];
+        let args: Vec<Value> = groups.into_iter().flatten().collect();
+        scripts::run(&broker.client, &broker.scripts.moves, keys, args).await?;
+        Ok(())
+    }
+
+    fn group(
+        op: &str,
+        tag: &str,
+        held: &Held,
+        destination: String,
+        payload: Vec<u8>,
+        score: f64,
+    ) -> [Value; 5] {
+        let tag = if held.recorded { tag } else { "" };
+        [
+            Value::from(op),
+            Value::from(tag),
+            Value::from(destination),
+            Value::Bytes(payload.into()),
+            Value::from(score.to_string()),
+        ]
+    }
+
+    async fn renew_tags(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let now = index_score() as f64;
+        let values: Vec<(f64, Value)> = tags
+            .iter()
+            .filter_map(|tag| match tag {
+                DeliveryTag::Text(tag) if !tag.starts_with("local:") => {
+                    Some((now, Value::from(tag.as_str())))
+                }
+                _ => None,
+            })
+            .collect();
+        if values.is_empty() {
+            return Ok(());
+        }
+        // XX: only tags still unacked; a renew never resurrects an acked message.
+        let _: Value = self
+            .broker
+            .client
+            .zadd(
+                self.broker.keys.unacked_index.as_str(),
+                Some(fred::types::SetOptions::XX),
+                None::<ZOrdering>,
+                false,
+                false,
+                values,
+            )
+            .await
+            .map_err(broker_error)?;
+        Ok(())
+    }
+
+    /// Gives back everything held and stashed, first fetched in front (kombu restores
+    /// unacked messages of a closing consumer to the head of their lists).
+    async fn give_back_all(&self) -> Result<(), BrokerError> {
+        let stashed: Vec<Delivery> = lock(&self.stash).drain(..).collect();
+        drop(stashed); // Their held entries are given back below.
+        let mut held: Vec<(String, Held)> = lock(&self.held).drain().collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        held.sort_by_key(|(_, held)| std::cmp::Reverse(held.sequence));
+        let groups = held
+            .iter()
+            .map(|(tag, held)| {
+                let payload = wire::mark_redelivered(&held.raw);
+                Self::group("R", tag, held, self.lists[held.list].clone(), payload, 0.0)
+            })
+            .collect();
+        let count = held.len();
+        match self.move_out(groups).await {
+            Ok(()) => {
+                info!(count, "gave back unacked messages");
+                Ok(())
+            }
+            Err(error) => {
+                // Still in `unacked`: the visibility timeout brings them back.
+                warn!(%error, count, "giving back unacked messages failed; they return after the visibility timeout");
+                Err(error)
+            }
+        }
+    }
+
+    async fn shut(&self) -> Result<(), BrokerError> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Wake a fetch blocked in BRPOP, then wait for it: what it took is then held.
+        let _ = self.blocking.unblock_self(None).await;
+        let _guard = self.fetching.lock().await;
+        // Writes go out in order: the mark comes back when those before it are done.
+        if let Err(error) = self.broker.writes.submit(Write::Mark).await {
+            warn!(%error, "acks before close may be lost; those messages come back after the visibility timeout");
+        }
+        let result = self.give_back_all().await;
+        let _ = self.blocking.quit().await;
+        result
+    }
+}
+
+#[async_trait]
+impl Consumer for RedisConsumer {
+    async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError> {
+        let shared = &self.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::Closed);
+        }
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let max = max.min(MAX_BATCH);
+        // Taken ahead while the caller was busy: no round trip.
+        let stashed = shared.take_stash(max);
+        if !stashed.is_empty() {
+            shared.clone().read_ahead();
+            return Ok(stashed);
+        }
+        let (sender, receiver) = oneshot::channel();
+        let task = shared.clone();
+        tokio::spawn(async move {
+            let guard = task.fetching.lock().await;
+            let stashed = task.take_stash(max);
+            let result = if stashed.is_empty() {
+                task.fetch_locked(max, wait).await
+            } else {
+                Ok(stashed)
+            };
+            drop(guard);
+            if let Err(Ok(deliveries)) = sender.send(result) {
+                // The caller went away: keep them for the next fetch (or the close).
+                lock(&task.stash).extend(deliveries);
+            }
+        });
+        let result = receiver.await.unwrap_or(Err(BrokerError::Closed));
+        if result
+            .as_ref()
+            .is_ok_and(|deliveries| !deliveries.is_empty())
+        {
+            shared.clone().read_ahead();
+        }
+        result
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError> {
+        let (tag, held) = self.shared.release(delivery)?;
+        if held.recorded {
+            // As an AMQP ack, without waiting for the server: the slot of the task is free at
+            // once. An ack lost with the connection means a redelivery after the visibility
+            // timeout (at least once); `close` waits for the acks sent before it.
+            self.shared.broker.writes.send(Write::Ack(tag));
+        }
+        Ok(())
+    }
+
+    async fn reject(&self, delivery: &Delivery, requeue: bool) -> Result<(), BrokerError> {
+        let shared = &self.shared;
+        let (tag, held) = shared.release(delivery)?;
+        if !requeue {
+            if held.recorded {
+                shared.broker.writes.submit(Write::Ack(tag)).await?;
+            }
+            return Ok(());
+        }
+        // kombu requeues a rejected message at the tail (LPUSH): it does not jump the queue.
+        let payload = wire::mark_redelivered(&held.raw);
+        let destination = shared.lists[held.list].clone();
+        shared
+            .move_out(vec![Shared::group(
+                "L",
+                &tag,
+                &held,
+                destination,
+                payload,
+                0.0,
+            )])
+            .await
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BrokerError> {
+        let shared = &self.shared;
+        let (tag, held) = shared.release(delivery)?;
+        let entry = wire::dead_letter_entry(&held.raw, reason);
+        let destination = shared.broker.keys.dead_letters(&delivery.queue);
+        match &delivery.content {
+            Ok(message) => warn!(
+                task_id = message.id(),
+                task_name = message.task_name(),
+                queue = %delivery.queue,
+                reason,
+                "dead-lettered"
+            ),
+            Err(_) => warn!(queue = %delivery.queue, reason, "dead-lettered undecodable message"),
+        }
+        shared
+            .move_out(vec![Shared::group(
+                "L",
+                &tag,
+                &held,
+                destination,
+                entry,
+                0.0,
+            )])
+            .await
+    }
+
+    async fn defer(
+        &self,
+        delivery: &Delivery,
+        until: DateTime<FixedOffset>,
+    ) -> Result<(), BrokerError> {
+        let shared = &self.shared;
+        let (tag, held) = shared.release(delivery)?;
+        let queue = held.list / shared.per;
+        let lane = held.list % shared.per + 1;
+        let mut member = format!("{lane}|").into_bytes();
+        member.extend_from_slice(&held.raw);
+        let destination = shared.delayed[queue].clone();
+        let score = until.timestamp_millis() as f64;
+        // Wake this consumer's own wait when it is due.
+        shared
+            .next_due
+            .fetch_min(until.timestamp_millis(), Ordering::AcqRel);
+        shared
+            .move_out(vec![Shared::group(
+                "Z",
+                &tag,
+                &held,
+                destination,
+                member,
+                score,
+            )])
+            .await
+    }
+
+    async fn renew(&self, deliveries: &[DeliveryTag]) -> Result<(), BrokerError> {
+        self.shared.renew_tags(deliveries).await
+    }
+
+    async fn close(&self) -> Result<(), BrokerError> {
+        self.shared.shut().await
+    }
+}
+
+impl Drop for RedisConsumer {
+    fn drop(&mut self) {
+        // A consumer that goes away without closing (a worker task that died) gives its
+        // messages back; without a runtime, the visibility timeout does.
+        if self.shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let shared = self.shared.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    let _ = shared.shut().await;
+                });
+            }
+            Err(_) => warn!(
+                "consumer dropped outside a runtime: its messages return after the visibility timeout"
+            ),
+        }
+    }
+}

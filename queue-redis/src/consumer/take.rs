@@ -1,0 +1,255 @@
+//! Taking messages: the fetch script, the blocking wait when the queues are empty, and
+//! reading ahead up to the prefetch limit.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fred::prelude::ClientLike;
+use fred::types::{ClusterHash, CustomCommand, Value};
+use queue_core::broker::{BrokerError, Delivery, DeliveryTag, QueueOrder};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::{Held, MAX_BATCH, MAX_BLOCK, Shared, lock};
+use crate::broker::{Write, index_score, now_ms};
+use crate::error::{RedisError, broker_error};
+use crate::scripts;
+use crate::wire;
+
+impl Shared {
+    /// Takes more messages in the background while the caller works on the last ones, up
+    /// to the prefetch limit of messages held (AMQP's `basic.qos`, as kombu's prefetch does
+    /// on Redis): the next fetch then finds them here. What is taken ahead is recorded in
+    /// `unacked` like any fetched message.
+    pub(super) fn read_ahead(self: Arc<Self>) {
+        let room = self
+            .prefetch
+            .saturating_sub(lock(&self.held).len())
+            .min(MAX_BATCH);
+        // Nothing to read ahead from queues the last take emptied.
+        if room == 0
+            || self.drained.load(Ordering::Acquire)
+            || self.reading_ahead.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        tokio::spawn(async move {
+            let guard = self.fetching.lock().await;
+            let room = self
+                .prefetch
+                .saturating_sub(lock(&self.held).len())
+                .min(MAX_BATCH);
+            if room > 0 && !self.closed.load(Ordering::Acquire) {
+                match self.claim(room, None).await {
+                    Ok(deliveries) => lock(&self.stash).extend(deliveries),
+                    Err(error) => debug!(%error, "reading ahead failed"),
+                }
+            }
+            drop(guard);
+            self.reading_ahead.store(false, Ordering::Release);
+        });
+    }
+
+    pub(super) fn take_stash(&self, max: usize) -> Vec<Delivery> {
+        let mut stash = lock(&self.stash);
+        let count = stash.len().min(max);
+        stash.drain(..count).collect()
+    }
+
+    /// Queue indexes in the order to serve them for one message.
+    pub(super) fn sequence(&self) -> Vec<usize> {
+        self.order.sequence(self.queues.len())
+    }
+
+    pub(super) async fn fetch_locked(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let deadline = Instant::now() + wait;
+        // When the last take left the queues empty and no delayed message is due, wait in
+        // BRPOP straight away: one round trip less per message on a quiet queue. After a
+        // BRPOP timeout the script runs again (it also promotes delayed messages).
+        let mut take_first = !self.drained.load(Ordering::Acquire)
+            || self.next_due.load(Ordering::Acquire) <= now_ms();
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(BrokerError::Closed);
+            }
+            if take_first {
+                let deliveries = self.claim(max, None).await?;
+                if !deliveries.is_empty() {
+                    return self.unless_closed(deliveries);
+                }
+            }
+            take_first = true;
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut block = (deadline - now).min(MAX_BLOCK);
+            let due = self.next_due.load(Ordering::Acquire);
+            if due != i64::MAX {
+                let until = Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0));
+                block = block.min(until);
+            }
+            // BRPOP's timeout is in seconds; 0 would block forever.
+            let seconds = block.as_secs_f64().max(0.01);
+            let mut args: Vec<Value> = self
+                .sequence()
+                .into_iter()
+                .flat_map(|queue| &self.lists[queue * self.per..(queue + 1) * self.per])
+                .map(|list| Value::from(list.as_str()))
+                .collect();
+            args.push(Value::from(format!("{seconds:.3}")));
+            // fred's `brpop` turns the timeout's null reply into an error; the raw command
+            // keeps it a null.
+            let brpop = CustomCommand::new_static("BRPOP", ClusterHash::FirstKey, true);
+            let reply: Value = self
+                .blocking
+                .custom(brpop, args)
+                .await
+                .map_err(broker_error)?;
+            let Value::Array(mut pair) = reply else {
+                continue;
+            };
+            let (Some(element), Some(key)) = (pair.pop(), pair.pop()) else {
+                continue;
+            };
+            let key = key.as_str().map(|key| key.into_owned()).unwrap_or_default();
+            let raw = element.as_bytes().unwrap_or_default().to_vec();
+            let list = self.lists.iter().position(|list| *list == key).unwrap_or(0);
+            // The queues were empty a moment ago: hand the message out now and record it as
+            // unacked with a write that goes out ahead of its ack (one round trip less per
+            // message on a quiet queue). Popped and not yet recorded is kombu's window after
+            // BRPOP too. The next take runs the script, which also promotes delayed messages.
+            if let Some(tag) = wire::delivery_tag(&raw) {
+                let queue = &self.queues[list / self.per];
+                let value = wire::unacked_value(&raw, queue);
+                self.broker.writes.send(Write::Record {
+                    tag: tag.clone(),
+                    value,
+                    score: index_score(),
+                });
+                self.drained.store(false, Ordering::Release);
+                let delivery = self.deliver(list, tag, raw);
+                return self.unless_closed(vec![delivery]);
+            }
+            let deliveries = match self.claim(max, Some((list, raw.clone()))).await {
+                Ok(deliveries) => deliveries,
+                Err(error) => {
+                    // Popped but not recorded: hold it here rather than lose it.
+                    warn!(%error, "recording a popped message failed; holding it unrecorded");
+                    vec![self.deliver(list, String::new(), raw)]
+                }
+            };
+            return self.unless_closed(deliveries);
+        }
+    }
+
+    /// Deliveries taken while the consumer was closing stay held: the close gives them back.
+    pub(super) fn unless_closed(
+        &self,
+        deliveries: Vec<Delivery>,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::Closed);
+        }
+        Ok(deliveries)
+    }
+
+    /// Runs the fetch script: takes up to `max` messages (after `popped`, if given) and
+    /// records them as unacked. Returns them and when the next delayed message is due (ms).
+    pub(super) async fn claim(
+        &self,
+        max: usize,
+        popped: Option<(usize, Vec<u8>)>,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let broker = &self.broker;
+        let queue_count = self.queues.len();
+        let mut keys = Vec::with_capacity(2 + self.lists.len());
+        keys.push(broker.keys.unacked.clone());
+        keys.push(broker.keys.unacked_index.clone());
+        keys.extend(self.lists.iter().cloned());
+        let mut args: Vec<Value> = Vec::with_capacity(8 + 2 * queue_count);
+        args.push(Value::from(max as i64));
+        args.push(Value::from(index_score()));
+        args.push(Value::from(uuid::Uuid::new_v4().simple().to_string()));
+        args.push(Value::from(self.per as i64));
+        args.push(Value::from(queue_count as i64));
+        args.push(Value::from(now_ms()));
+        args.extend(self.queues.iter().map(|queue| Value::from(queue.as_str())));
+        args.extend(self.delayed.iter().map(|key| Value::from(key.as_str())));
+        let sequences: Vec<Vec<usize>> = match self.order {
+            QueueOrder::Strict => vec![(0..queue_count).collect()],
+            // A fresh weighted order per message, so one fetch does not drain one queue.
+            QueueOrder::Weighted(_) => (0..max).map(|_| self.sequence()).collect(),
+        };
+        args.push(Value::from(sequences.len() as i64));
+        for sequence in sequences {
+            args.extend(
+                sequence
+                    .into_iter()
+                    .map(|queue| Value::from(queue as i64 + 1)),
+            );
+        }
+        match popped {
+            Some((list, raw)) => {
+                args.push(Value::from(1));
+                args.push(Value::from(list as i64 + 1));
+                args.push(Value::Bytes(raw.into()));
+            }
+            None => args.push(Value::from(0)),
+        }
+        let reply = scripts::run(&broker.client, &broker.scripts.fetch, keys, args).await?;
+        let Value::Array(mut items) = reply else {
+            return Err(RedisError::Reply(format!("fetch reply {reply:?}")).into());
+        };
+        let next_due = items
+            .pop()
+            .and_then(|value| value.as_str().and_then(|text| text.parse::<f64>().ok()))
+            .map_or(i64::MAX, |ms| ms as i64);
+        self.next_due.store(next_due, Ordering::Release);
+        self.drained.store(items.len() / 3 < max, Ordering::Release);
+        let mut deliveries = Vec::with_capacity(items.len() / 3);
+        for triple in items.chunks_exact(3) {
+            let list = triple[0].as_u64().unwrap_or(1).max(1) as usize - 1;
+            let tag = triple[1]
+                .as_str()
+                .map(|tag| tag.into_owned())
+                .unwrap_or_default();
+            let raw = triple[2].as_bytes().unwrap_or_default().to_vec();
+            deliveries.push(self.deliver(list.min(self.lists.len() - 1), tag, raw));
+        }
+        Ok(deliveries)
+    }
+
+    /// Makes a delivery of a taken element and holds it. An empty tag means the element is
+    /// not recorded in `unacked`; it gets a tag of this process.
+    pub(super) fn deliver(&self, list: usize, tag: String, raw: Vec<u8>) -> Delivery {
+        let recorded = !tag.is_empty();
+        let tag = if recorded {
+            tag
+        } else {
+            format!("local:{}", uuid::Uuid::new_v4())
+        };
+        let (content, redelivered) = wire::decode(&raw);
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        lock(&self.held).insert(
+            tag.clone(),
+            Held {
+                list,
+                raw,
+                recorded,
+                sequence,
+            },
+        );
+        Delivery {
+            tag: DeliveryTag::Text(tag),
+            queue: self.queues[list / self.per].clone(),
+            redelivered,
+            content,
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The Lua scripts. Each moves messages between kombu's structures in one atomic step, so
+//! that a message is always in exactly one place: a list, the `unacked` hash, a delayed set
+//! or a dead-letter list — never only in a client's memory.
+
+use fred::clients::Client;
+use fred::types::scripts::Script;
+use fred::types::{MultipleKeys, MultipleValues, Value};
+
+use crate::error::RedisError;
+
+/// Moves due members of delayed sets back to the head of their lists. A member is
+/// `<list number>|<envelope>`: the number is the position of the list among its queue's
+/// lists (1-based), clamped in case the priority steps changed meanwhile. `next_due` ends as
+/// the earliest remaining score (ms) or false.
+macro_rules! promote_lua {
+    () => {
+        r#"
+local function promote(delayed, first_list_key, per, now_ms)
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms, 'LIMIT', 0, 1000)
+  -- Latest first, each to the head: the earliest due ends up served first.
+  for k = #due, 1, -1 do
+    local member = due[k]
+    local bar = string.find(member, '|', 1, true)
+    if bar then
+      local lane = tonumber(string.sub(member, 1, bar - 1)) or 1
+      if lane < 1 then lane = 1 end
+      if lane > per then lane = per end
+      redis.call('RPUSH', KEYS[first_list_key + lane - 1], string.sub(member, bar + 1))
+    end
+    redis.call('ZREM', delayed, member)
+  end
+  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  if first[2] then return tonumber(first[2]) end
+  return false
+end
+"#
+    };
+}
+
+/// Promotes due delayed messages, then takes up to `max` messages in serving order and
+/// records each in `unacked` (`[envelope, "", queue]`, as kombu does) and `unacked_index`
+/// (score: now) in the same step. Elements already popped by a blocking `BRPOP` are passed
+/// in and recorded first. Elements without a delivery tag get one (`<nonce>:<n>`); elements
+/// that are not JSON objects are returned with an empty tag and not recorded (they cannot
+/// be restored by kombu and are dead-lettered by the worker).
+///
+/// KEYS: unacked, unacked_index, then the lists of each queue, queue by queue.
+/// ARGV: max, index score (s), nonce, lists per queue, Q, now (ms), Q queue names, Q
+/// delayed sets, S, S
+/// sequences of Q queue numbers (1-based; one sequence: take greedily; several: one
+/// message per sequence), P, P pairs (list number, element).
+/// Returns: (list number, tag, element) triples, then the next due time (ms) or "".
+const FETCH: &str = concat!(
+    promote_lua!(),
+    r#"
+local unacked, index = KEYS[1], KEYS[2]
+local max, now, nonce = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local per, q = tonumber(ARGV[4]), tonumber(ARGV[5])
+local now_ms = tonumber(ARGV[6])
+local pos = 7
+local names, delayed = {}, {}
+for i = 1, q do names[i] = cjson.encode(ARGV[pos]); pos = pos + 1 end
+for i = 1, q do delayed[i] = ARGV[pos]; pos = pos + 1 end
+local s = tonumber(ARGV[pos]); pos = pos + 1
+local seqs = {}
+for j = 1, s do
+  local seq = {}
+  for i = 1, q do seq[i] = tonumber(ARGV[pos]); pos = pos + 1 end
+  seqs[j] = seq
+end
+local p = tonumber(ARGV[pos]); pos = pos + 1
+
+local next_due = false
+for i = 1, q do
+  local due = promote(delayed[i], 3 + (i - 1) * per, per, now_ms)
+  if due and (not next_due or due < next_due) then next_due = due end
+end
+
+local out, hset, zadd = {}, {}, {}
+local untagged = 0
+local function claim(li, raw)
+  local name = names[math.floor((li - 1) / per) + 1]
+  local tag = nil
+  if string.sub(raw, 1, 1) == '{' and string.sub(raw, -1) == '}' then
+    -- A plain find (memchr speed), then an anchored match: an unanchored pattern would
+    -- be tried at every position of the envelope, and the tag comes last.
+    local at = string.find(raw, '"delivery_tag"', 1, true)
+    if at then tag = string.match(raw, '^"delivery_tag"%s*:%s*"([^"\\]+)"', at) end
+  end
+  if not tag then
+    local ok, decoded = pcall(cjson.decode, raw)
+    if ok and type(decoded) == 'table' then
+      untagged = untagged + 1
+      tag = nonce .. ':' .. untagged
+    end
+  end
+  if tag then
+    hset[#hset + 1] = tag
+    hset[#hset + 1] = '[' .. raw .. ', "", ' .. name .. ']'
+    zadd[#zadd + 1] = now
+    zadd[#zadd + 1] = tag
+  else
+    tag = ''
+  end
+  out[#out + 1] = li
+  out[#out + 1] = tag
+  out[#out + 1] = raw
+end
+
+for k = 1, p do
+  claim(tonumber(ARGV[pos]), ARGV[pos + 1])
+  pos = pos + 2
+end
+local taken = p
+if s == 1 then
+  for _, qi in ipairs(seqs[1]) do
+    for l = 1, per do
+      if taken >= max then break end
+      local li = (qi - 1) * per + l
+      local items = redis.call('RPOP', KEYS[2 + li], max - taken)
+      if items then
+        for _, raw in ipairs(items) do
+          claim(li, raw)
+          taken = taken + 1
+        end
+      end
+    end
+  end
+else
+  for j = 1, s do
+    if taken >= max then break end
+    local got = false
+    for _, qi in ipairs(seqs[j]) do
+      for l = 1, per do
+        local li = (qi - 1) * per + l
+        local raw = redis.call('RPOP', KEYS[2 + li])
+        if raw then
+          claim(li, raw)
+          taken = taken + 1
+          got = true
+          break
+        end
+      end
+      if got then break end
+    end
+    if not got then break end
+  end
+end
+if #hset > 0 then
+  redis.call('HSET', unacked, unpack(hset))
+  redis.call('ZADD', index, unpack(zadd))
+end
+out[#out + 1] = next_due and tostring(next_due) or ''
+return out
+"#
+);
+
+/// Moves held messages out of `unacked` to a destination, each only if it is still unacked
+/// (so that a message acked or restored meanwhile by another process is not duplicated).
+/// KEYS: unacked, unacked_index. ARGV: groups of (op, tag, destination, payload, score);
+/// op `L` LPUSH, `R` RPUSH, `Z` ZADD with score. An empty tag (a message never recorded in
+/// `unacked`) moves unconditionally. Returns how many moved.
+const MOVE: &str = r#"
+local moved = 0
+for k = 1, #ARGV, 5 do
+  local op, tag, dest, payload, score = ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3], ARGV[k + 4]
+  local owned = tag == ''
+  if not owned then
+    owned = redis.call('HDEL', KEYS[1], tag) == 1
+    redis.call('ZREM', KEYS[2], tag)
+  end
+  if owned then
+    if op == 'L' then
+      redis.call('LPUSH', dest, payload)
+    elseif op == 'R' then
+      redis.call('RPUSH', dest, payload)
+    elseif op == 'Z' then
+      redis.call('ZADD', dest, score, payload)
+    end
+    moved = moved + 1
+  end
+end
+return moved
+"#;
+
+/// Restores overdue messages (the visibility-timeout sweep): each only if its `unacked`
+/// entry is still the one read and its index score is still at or below the ceiling (so a
+/// message renewed meanwhile stays with its worker).
+/// KEYS: unacked, unacked_index. ARGV: ceiling (s), then groups of (tag, value read,
+/// destination list, payload); an empty destination (a value naming no queue) drops the
+/// entry. Returns how many were restored.
+const RESTORE_OVERDUE: &str = r#"
+local ceil = tonumber(ARGV[1])
+local restored = 0
+for k = 2, #ARGV, 4 do
+  local tag, expected, dest, payload = ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3]
+  local current = redis.call('HGET', KEYS[1], tag)
+  local score = redis.call('ZSCORE', KEYS[2], tag)
+  if not current then
+    if score and tonumber(score) <= ceil then redis.call('ZREM', KEYS[2], tag) end
+  elseif current == expected and (not score or tonumber(score) <= ceil) then
+    redis.call('HDEL', KEYS[1], tag)
+    redis.call('ZREM', KEYS[2], tag)
+    if dest ~= '' then
+      redis.call('RPUSH', dest, payload)
+      restored = restored + 1
+    end
+  end
+end
+return restored
+"#;
+
+/// Releases kombu's `unacked_mutex` if we still hold it (redis-py's lock release).
+/// KEYS: mutex. ARGV: token.
+const RELEASE_MUTEX: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// Ready messages per list of one queue, after promoting its due delayed messages.
+/// KEYS: the queue's lists. ARGV: delayed set, now (ms). Returns the lengths.
+const LENGTH: &str = concat!(
+    promote_lua!(),
+    r#"
+promote(ARGV[1], 1, #KEYS, tonumber(ARGV[2]))
+local lengths = {}
+for i = 1, #KEYS do lengths[i] = redis.call('LLEN', KEYS[i]) end
+return lengths
+"#
+);
+
+/// Deletes the ready messages of one queue (after promoting due ones); returns how many.
+/// KEYS: the queue's lists. ARGV: delayed set, now (ms).
+const PURGE: &str = concat!(
+    promote_lua!(),
+    r#"
+promote(ARGV[1], 1, #KEYS, tonumber(ARGV[2]))
+local total = 0
+for i = 1, #KEYS do total = total + redis.call('LLEN', KEYS[i]) end
+redis.call('DEL', unpack(KEYS))
+return total
+"#
+);
+
+/// Stores task states as Celery's Redis backend does (`SET` with expiry, then `PUBLISH` on
+/// the key name), except over a stored SUCCESS, which is never overwritten. Celery writes
+/// `status` first; other orders are decoded.
+/// KEYS: meta keys. ARGV: expiry in ms (0: none), then one value per key. Returns how many
+/// were stored.
+const STORE: &str = r#"
+local px = tonumber(ARGV[1])
+local stored = 0
+for i = 1, #KEYS do
+  local key, value = KEYS[i], ARGV[i + 1]
+  local current = redis.call('GET', key)
+  local status = nil
+  if current then
+    status = string.match(current, '^{%s*"status"%s*:%s*"([^"]*)"')
+    if not status then
+      local ok, decoded = pcall(cjson.decode, current)
+      if ok and type(decoded) == 'table' then status = decoded['status'] end
+    end
+  end
+  if status ~= 'SUCCESS' then
+    if px > 0 then
+      redis.call('SET', key, value, 'PX', px)
+    else
+      redis.call('SET', key, value)
+    end
+    redis.call('PUBLISH', key, value)
+    stored = stored + 1
+  end
+end
+return stored
+"#;
+
+/// The scripts, with their SHA-1 computed once.
+#[derive(Clone, Debug)]
+pub(crate) struct Scripts {
+    pub(crate) fetch: Script,
+    pub(crate) moves: Script,
+    pub(crate) restore_overdue: Script,
+    pub(crate) release_mutex: Script,
+    pub(crate) length: Script,
+    pub(crate) purge: Script,
+    pub(crate) store: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        Self {
+            fetch: Script::from_lua(FETCH),
+            moves: Script::from_lua(MOVE),
+            restore_overdue: Script::from_lua(RESTORE_OVERDUE),
+            release_mutex: Script::from_lua(RELEASE_MUTEX),
+            length: Script::from_lua(LENGTH),
+            purge: Script::from_lua(PURGE),
+            store: Script::from_lua(STORE),
+        }
+    }
+}
+
+/// Runs a script, loading it first when the server does not know it (a new or restarted
+/// server).
+pub(crate) async fn run<K, V>(
+    client: &Client,
+    script: &Script,
+    keys: K,
+    args: V,
+) -> Result<Value, RedisError>
+where
+    K: Into<MultipleKeys> + Send,
+    V: TryInto<MultipleValues> + Send,
+    V::Error: Into<fred::error::Error> + Send,
+{
+    Ok(script.evalsha_with_reload(client, keys, args).await?)
+}
