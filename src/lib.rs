@@ -49,6 +49,16 @@ pub use queue_worker as worker;
 static LINK_SQL_CONNECTOR: &fn() -> std::sync::Arc<dyn connect::Connector> =
     &queue_results::SQL_CONNECTOR;
 
+#[cfg(feature = "redis")]
+#[used]
+static LINK_REDIS_CONNECTOR: &fn() -> std::sync::Arc<dyn connect::Connector> =
+    &queue_redis::REDIS_CONNECTOR;
+
+#[cfg(feature = "amqp")]
+#[used]
+static LINK_AMQP_CONNECTOR: &fn() -> std::sync::Arc<dyn connect::Connector> =
+    &queue_amqp::AMQP_CONNECTOR;
+
 /// What most programs need: `use queue::prelude::*;`.
 pub mod prelude {
     #[cfg(feature = "worker")]

@@ -279,11 +279,12 @@ impl App {
                 .map(|seconds| now + chrono::Duration::microseconds((seconds * 1e6) as i64))
         });
         let expires = options.expires.map(|expires| expires.resolve(now));
+        // Unset stays unset: on Redis, "no priority" is kombu's default list, where Python's
+        // own tasks go, not our lowest priority.
         let priority = options
             .priority
             .or_else(|| declared.as_ref().and_then(|options| options.priority))
-            .unwrap_or(0)
-            .min(crate::MAX_PRIORITY);
+            .map(|priority| priority.min(crate::MAX_PRIORITY));
         let hard_limit = options
             .time_limit
             .map(Duration::from_secs_f64)
@@ -336,7 +337,7 @@ impl App {
             correlation_id: Some(id),
             reply_to: Some(self.inner.reply_to.clone()),
             delivery_mode: Some(2),
-            priority: Some(priority),
+            priority,
             expiration,
             extra: Default::default(),
         };

@@ -37,7 +37,10 @@ pub struct PythonWorker {
 impl PythonWorker {
     /// Starts a worker on `queues` and waits until it says it is ready.
     pub fn start(python: &PathBuf, broker: &str, backend: &str, queues: &[&str]) -> Self {
-        let name = format!("py-{}@%h", std::process::id());
+        // Unique per worker: RabbitMQ refuses a second exclusive control queue of one name.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let serial = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("py-{}-{serial}@%h", std::process::id());
         let mut child = Command::new(python)
             .args([
                 "-m",
