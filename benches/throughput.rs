@@ -53,7 +53,9 @@ async fn publish(count: usize, producers: usize, batch: usize) -> f64 {
                 if batch == 1 {
                     app.send(Signature::new("bench.noop")).await.expect("send");
                 } else {
-                    app.send_many(calls("bench.noop", size)).await.expect("send");
+                    app.send_many(calls("bench.noop", size))
+                        .await
+                        .expect("send");
                 }
                 left -= size;
             }
@@ -96,7 +98,8 @@ async fn round_trip(count: usize) -> (Duration, Duration) {
     }
     worker.shutdown().await.expect("shutdown");
     latencies.sort();
-    let percentile = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let percentile =
+        |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     (percentile(0.50), percentile(0.99))
 }
 
@@ -421,7 +424,9 @@ app.worker_main(["worker", "-Q", queue, "--pool=solo", "--without-gossip", "--wi
                         format!("{:>10.1} x", rate / python),
                     );
                 }
-                None => eprintln!("Python Celery rows skipped (QUEUE_BENCH_PYTHON not set, or no rate)"),
+                None => {
+                    eprintln!("Python Celery rows skipped (QUEUE_BENCH_PYTHON not set, or no rate)")
+                }
             }
         }
         let (p50, p99) = round_trip(urls, 2_000).await;
@@ -447,7 +452,6 @@ mod sql_bench {
     use queue::{App, ResultBackend, TaskMeta, Worker};
 
     use super::{Row, echo};
-
 
     /// The backends to measure: (label, URL).
     pub fn targets() -> Vec<(&'static str, String)> {
@@ -936,16 +940,34 @@ fn main() {
     let mut rows = Vec::new();
     runtime.block_on(async {
         let rate = publish(count, 1, 1).await;
-        rows.push(Row { scenario: "publish, 1 producer, one by one".into(), figure: format!("{rate:>10.0} tasks/s") });
+        rows.push(Row {
+            scenario: "publish, 1 producer, one by one".into(),
+            figure: format!("{rate:>10.0} tasks/s"),
+        });
         let rate = publish(count, 4, 500).await;
-        rows.push(Row { scenario: "publish, 4 producers, batches of 500".into(), figure: format!("{rate:>10.0} tasks/s") });
+        rows.push(Row {
+            scenario: "publish, 4 producers, batches of 500".into(),
+            figure: format!("{rate:>10.0} tasks/s"),
+        });
         let rate = drain(count, "bench.noop", 64).await;
-        rows.push(Row { scenario: "drain no-op, results ignored, concurrency 64".into(), figure: format!("{rate:>10.0} tasks/s") });
+        rows.push(Row {
+            scenario: "drain no-op, results ignored, concurrency 64".into(),
+            figure: format!("{rate:>10.0} tasks/s"),
+        });
         let rate = drain(count, "bench.noop_result", 64).await;
-        rows.push(Row { scenario: "drain no-op, results stored, concurrency 64".into(), figure: format!("{rate:>10.0} tasks/s") });
+        rows.push(Row {
+            scenario: "drain no-op, results stored, concurrency 64".into(),
+            figure: format!("{rate:>10.0} tasks/s"),
+        });
         let (p50, p99) = round_trip(2_000).await;
-        rows.push(Row { scenario: "round trip send -> result, p50".into(), figure: format!("{:>10.1} µs", p50.as_secs_f64() * 1e6) });
-        rows.push(Row { scenario: "round trip send -> result, p99".into(), figure: format!("{:>10.1} µs", p99.as_secs_f64() * 1e6) });
+        rows.push(Row {
+            scenario: "round trip send -> result, p50".into(),
+            figure: format!("{:>10.1} µs", p50.as_secs_f64() * 1e6),
+        });
+        rows.push(Row {
+            scenario: "round trip send -> result, p99".into(),
+            figure: format!("{:>10.1} µs", p99.as_secs_f64() * 1e6),
+        });
         #[cfg(feature = "redis")]
         match redis_bench::urls() {
             Some(urls) => rows.extend(redis_bench::rows(&urls, count).await),
@@ -963,7 +985,12 @@ fn main() {
         }
     });
     println!();
-    println!("memory:// broker and backend, {count} tasks, {} CPUs", std::thread::available_parallelism().map(usize::from).unwrap_or(1));
+    println!(
+        "memory:// broker and backend, {count} tasks, {} CPUs",
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+    );
     println!("{:<48} {:>16}", "scenario", "result");
     println!("{}", "-".repeat(65));
     for row in rows {

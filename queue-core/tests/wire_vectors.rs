@@ -1032,7 +1032,11 @@ async fn prepared_plain_send_matches_python_send_task() {
     assert_eq!(headers["timelimit"], json!([null, null]));
     assert_eq!(headers["argsrepr"], json!("(2, 2)"));
     assert_eq!(headers["kwargsrepr"], json!("{'z': 1}"));
-    assert_eq!(ours["properties"]["priority"], Value::Null, "unset unless given");
+    assert_eq!(
+        ours["properties"]["priority"],
+        Value::Null,
+        "unset unless given"
+    );
     let body: Value = serde_json::from_slice(&message.body).unwrap();
     let python_body: Value = serde_json::from_slice(
         &STANDARD

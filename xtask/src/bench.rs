@@ -15,7 +15,14 @@ const BENCH_NEEDS_PYTHON: bool = true;
 
 pub fn run(extra: &[String]) -> Result<()> {
     let mut cmd = util::cargo();
-    cmd.args(["bench", "--bench", "throughput", "-p", "queue", "--all-features"]);
+    cmd.args([
+        "bench",
+        "--bench",
+        "throughput",
+        "-p",
+        "queue",
+        "--all-features",
+    ]);
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
     }

@@ -23,7 +23,11 @@ pub fn is_envelope(value: &Value) -> bool {
 /// error, as it is for kombu's decoder.
 pub fn untag(value: Value) -> Result<Value, String> {
     match value {
-        Value::Array(items) => items.into_iter().map(untag).collect::<Result<_, _>>().map(Value::Array),
+        Value::Array(items) => items
+            .into_iter()
+            .map(untag)
+            .collect::<Result<_, _>>()
+            .map(Value::Array),
         Value::Object(map) if is_envelope(&Value::Object(map.clone())) => untag_envelope(map),
         Value::Object(map) => map
             .into_iter()
@@ -42,7 +46,10 @@ fn untag_envelope(mut map: Map<String, Value>) -> Result<Value, String> {
             Ok(Value::String(text))
         }
         ("uuid", Value::Object(fields)) => {
-            let hex = fields.get("hex").and_then(Value::as_str).unwrap_or_default();
+            let hex = fields
+                .get("hex")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             uuid::Uuid::parse_str(hex)
                 .map(|id| Value::String(id.hyphenated().to_string()))
                 .map_err(|error| format!("invalid kombu uuid {hex:?}: {error}"))
@@ -52,7 +59,9 @@ fn untag_envelope(mut map: Map<String, Value>) -> Result<Value, String> {
             .decode(text.as_bytes())
             .map(|bytes| Value::Array(bytes.into_iter().map(Value::from).collect()))
             .map_err(|error| format!("invalid kombu base64 value: {error}")),
-        (kind, value) => Err(format!("unsupported kombu type {kind:?} with value {value}")),
+        (kind, value) => Err(format!(
+            "unsupported kombu type {kind:?} with value {value}"
+        )),
     }
 }
 
@@ -65,7 +74,10 @@ fn envelope(kind: &str, value: Value) -> Value {
 
 /// A datetime as Python's kombu writes it, read back by Python as a `datetime`.
 pub fn datetime<Tz: TimeZone>(value: &DateTime<Tz>) -> Value {
-    envelope("datetime", Value::String(format_timestamp(&value.fixed_offset())))
+    envelope(
+        "datetime",
+        Value::String(format_timestamp(&value.fixed_offset())),
+    )
 }
 
 /// A UUID as kombu writes it, read back by Python as a `uuid.UUID`.
@@ -128,7 +140,10 @@ mod tests {
         assert_eq!(untag(uuid(&id)).unwrap(), json!(id.to_string()));
         assert_eq!(untag(bytes(&[255, 0])).unwrap(), json!([255, 0]));
         let when = chrono::Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap();
-        assert_eq!(untag(datetime(&when)).unwrap(), json!("2024-01-02T03:04:05+00:00"));
+        assert_eq!(
+            untag(datetime(&when)).unwrap(),
+            json!("2024-01-02T03:04:05+00:00")
+        );
         assert_eq!(untag(decimal("1.50")).unwrap(), json!("1.50"));
     }
 }

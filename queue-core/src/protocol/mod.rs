@@ -96,7 +96,9 @@ impl Message {
             ));
         }
         if self.content_type != JSON_CONTENT_TYPE {
-            return Err(ProtocolError::UnsupportedContentType(self.content_type.clone()));
+            return Err(ProtocolError::UnsupportedContentType(
+                self.content_type.clone(),
+            ));
         }
         TaskBody::from_json(&self.body)
     }

@@ -97,7 +97,10 @@ mod tests {
         assert_eq!(args_repr(&[json!(2), json!(2)]), "(2, 2)");
         assert_eq!(args_repr(&[json!("a")]), "('a',)");
         assert_eq!(args_repr(&[]), "()");
-        assert_eq!(args_repr(&[json!(null), json!(true), json!([1, "x"])]), "(None, True, [1, 'x'])");
+        assert_eq!(
+            args_repr(&[json!(null), json!(true), json!([1, "x"])]),
+            "(None, True, [1, 'x'])"
+        );
         let kwargs = json!({"z": 1}).as_object().unwrap().clone();
         assert_eq!(kwargs_repr(&kwargs), "{'z': 1}");
     }

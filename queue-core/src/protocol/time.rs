@@ -9,7 +9,11 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<FixedOffset>> {
     if let Ok(parsed) = DateTime::parse_from_rfc3339(text) {
         return Some(parsed);
     }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
             return Some(naive.and_utc().fixed_offset());
         }
@@ -51,9 +55,9 @@ pub(crate) fn deserialize_optional<'de, D: Deserializer<'de>>(
     match text {
         None => Ok(None),
         Some(text) if text.is_empty() => Ok(None),
-        Some(text) => parse_timestamp(&text)
-            .map(Some)
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid ISO-8601 timestamp {text:?}"))),
+        Some(text) => parse_timestamp(&text).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!("invalid ISO-8601 timestamp {text:?}"))
+        }),
     }
 }
 
