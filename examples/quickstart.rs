@@ -7,6 +7,9 @@
 //! Sends a few hundred tasks over two queues (`urgent` before `celery`) with priorities,
 //! including one that is retried and one that fails, shows a progress bar while the worker
 //! drains them, then reads every result back by id and prints a summary.
+//!
+//! Results stay in memory unless `QUEUE_RESULT_BACKEND` names another store, e.g.
+//! `sqlite://quickstart.db` (with `--features sqlite`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -62,9 +65,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
+    // Results in memory by default; an embedded SQLite file works too:
+    // QUEUE_RESULT_BACKEND=sqlite://quickstart.db cargo run --example quickstart --features sqlite
+    let backend = std::env::var("QUEUE_RESULT_BACKEND").unwrap_or_else(|_| "memory://".into());
     let app = App::builder()
         .broker("memory://")
-        .backend("memory://")
+        .backend(&backend)
         .task(add)
         .task(resize)
         .task(flaky)

@@ -118,10 +118,9 @@ pub(crate) fn properties(
         .with_content_type(ShortString::from(message.content_type.as_str()))
         .with_content_encoding(ShortString::from(message.content_encoding.as_str()))
         .with_headers(json_to_table(&headers))
-        .with_delivery_mode(props.delivery_mode.unwrap_or(2));
-    if let Some(priority) = props.priority {
-        amqp = amqp.with_priority(priority);
-    }
+        .with_delivery_mode(props.delivery_mode.unwrap_or(2))
+        // As kombu's `Producer.publish(priority=0)`: always present, 0 when unset.
+        .with_priority(props.priority.unwrap_or(0));
     if let Some(id) = &props.correlation_id {
         amqp = amqp.with_correlation_id(ShortString::from(id.as_str()));
     }

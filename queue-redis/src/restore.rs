@@ -20,6 +20,16 @@ const RESTORE_LIMIT: i64 = 1000;
 /// kombu's `unacked_mutex_expire`, in milliseconds.
 const MUTEX_EXPIRE_MS: i64 = 300_000;
 
+/// How long the restore lock lives: kombu's 300 s, but never longer than the visibility
+/// timeout, so that a consumer that dies mid-sweep does not hold up restores for longer than
+/// the timeout they enforce.
+fn mutex_expire_ms(broker: &BrokerInner) -> i64 {
+    let timeout_ms = broker.options.visibility_timeout.as_millis().max(1000);
+    i64::try_from(timeout_ms)
+        .unwrap_or(i64::MAX)
+        .min(MUTEX_EXPIRE_MS)
+}
+
 /// Restores overdue messages; returns how many.
 pub(crate) async fn sweep(broker: &BrokerInner) -> Result<usize, RedisError> {
     let client = &broker.client;
@@ -29,7 +39,7 @@ pub(crate) async fn sweep(broker: &BrokerInner) -> Result<usize, RedisError> {
         .set(
             keys.unacked_mutex.as_str(),
             token.as_str(),
-            Some(Expiration::PX(MUTEX_EXPIRE_MS)),
+            Some(Expiration::PX(mutex_expire_ms(broker))),
             Some(SetOptions::NX),
             false,
         )

@@ -23,9 +23,15 @@ pub fn python() -> Option<PathBuf> {
     }
 }
 
-/// `examples/python`, where `tasks.py` lives.
+/// `examples/python` of the workspace, where `tasks.py` lives (this file is also used by the
+/// tests of `queue-cli`, one directory down).
 pub fn tasks_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/python")
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .map(|dir| dir.join("examples/python"))
+        .find(|dir| dir.join("tasks.py").is_file())
+        .expect("examples/python/tasks.py in the workspace")
 }
 
 /// A Python Celery worker running `examples/python/tasks.py`; killed on drop.
