@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! QUEUE_BROKER_URL=redis://127.0.0.1:6379/0 QUEUE_RESULT_BACKEND=redis://127.0.0.1:6379/1 \
-//!     cargo run --features redis --example celery_interop -- worker --queues celery,other
+//!     cargo run --example celery_interop -- worker --queues celery,other
 //! ```
 //!
 //! The broker and backend come from `QUEUE_BROKER_URL` / `QUEUE_RESULT_BACKEND` (or
@@ -16,6 +16,16 @@ use queue::{App, TaskContext, TaskError, Worker, task};
 use serde_json::{Number, Value};
 
 /// `tasks.add(x, y)`: the sum of two integers.
+
+// Links the Redis and RabbitMQ connectors, so that plain `cargo run --example celery_interop`
+// serves `redis://` and `amqp://` URLs (the `queue` features do the same for applications).
+#[used]
+static LINK_REDIS: &fn() -> std::sync::Arc<dyn queue::connect::Connector> =
+    &queue_redis::REDIS_CONNECTOR;
+#[used]
+static LINK_AMQP: &fn() -> std::sync::Arc<dyn queue::connect::Connector> =
+    &queue_amqp::AMQP_CONNECTOR;
+
 #[task(name = "tasks.add")]
 fn add(x: i64, y: i64) -> i64 {
     x + y

@@ -9,7 +9,7 @@
 //! drains them, then reads every result back by id and prints a summary.
 //!
 //! Results stay in memory unless `QUEUE_RESULT_BACKEND` names another store, e.g.
-//! `sqlite://quickstart.db` (with `--features sqlite`).
+//! `sqlite://quickstart.db`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -20,6 +20,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use queue::{App, AsyncResult, ResultError, Signature, TaskContext, TaskError, Worker, task};
 
 /// Adds two numbers (a sync task: it runs on the blocking pool).
+
+// Links the SQL connector, so that `QUEUE_RESULT_BACKEND=sqlite://quickstart.db` works with
+// plain `cargo run --example quickstart` (the `sqlite` feature does this for applications).
+#[used]
+static LINK_SQL: &fn() -> std::sync::Arc<dyn queue::connect::Connector> =
+    &queue_results::SQL_CONNECTOR;
+
 #[task(name = "tasks.add")]
 fn add(x: i64, y: i64) -> i64 {
     x + y
@@ -66,7 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
 
     // Results in memory by default; an embedded SQLite file works too:
-    // QUEUE_RESULT_BACKEND=sqlite://quickstart.db cargo run --example quickstart --features sqlite
+    // QUEUE_RESULT_BACKEND=sqlite://quickstart.db cargo run --example quickstart
     let backend = std::env::var("QUEUE_RESULT_BACKEND").unwrap_or_else(|_| "memory://".into());
     let app = App::builder()
         .broker("memory://")
