@@ -15,8 +15,6 @@ use clap::{Parser, Subcommand};
 use queue::{App, TaskContext, TaskError, Worker, task};
 use serde_json::{Number, Value};
 
-/// `tasks.add(x, y)`: the sum of two integers.
-
 // Links the Redis and RabbitMQ connectors, so that plain `cargo run --example celery_interop`
 // serves `redis://` and `amqp://` URLs (the `queue` features do the same for applications).
 #[used]
@@ -26,6 +24,7 @@ static LINK_REDIS: &fn() -> std::sync::Arc<dyn queue::connect::Connector> =
 static LINK_AMQP: &fn() -> std::sync::Arc<dyn queue::connect::Connector> =
     &queue_amqp::AMQP_CONNECTOR;
 
+/// `tasks.add(x, y)`: the sum of two integers.
 #[task(name = "tasks.add")]
 fn add(x: i64, y: i64) -> i64 {
     x + y

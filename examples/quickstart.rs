@@ -19,14 +19,13 @@ use futures::stream::FuturesUnordered;
 use indicatif::{ProgressBar, ProgressStyle};
 use queue::{App, AsyncResult, ResultError, Signature, TaskContext, TaskError, Worker, task};
 
-/// Adds two numbers (a sync task: it runs on the blocking pool).
-
 // Links the SQL connector, so that `QUEUE_RESULT_BACKEND=sqlite://quickstart.db` works with
 // plain `cargo run --example quickstart` (the `sqlite` feature does this for applications).
 #[used]
 static LINK_SQL: &fn() -> std::sync::Arc<dyn queue::connect::Connector> =
     &queue_results::SQL_CONNECTOR;
 
+/// Adds two numbers (a sync task: it runs on the blocking pool).
 #[task(name = "tasks.add")]
 fn add(x: i64, y: i64) -> i64 {
     x + y
