@@ -116,6 +116,8 @@ fn create_database(bin: &Path, dir: &Path) -> Result<()> {
     let port = PORT.to_string();
     let conn = ["-h", "127.0.0.1", "-p", &port, "-U", USER];
     let query = format!("SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'");
+    // A server we did not start (reused) leaves no directory of ours behind yet.
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let exists = util::output(
         Command::new(bin.join("psql"))
             .current_dir(dir.parent().unwrap_or(dir))
