@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use common::{Memory, WAIT, init_logs};
 use queue::protocol::envelope;
-use queue::{
-    App, ResultError, Signature, TaskContext, TaskError, TaskErrorKind, TaskState, Worker, task,
-};
+use queue::{App, ResultError, Signature, TaskContext, TaskError, TaskState, Worker, task};
 
 #[derive(Debug, thiserror::Error)]
 enum PaymentError {
@@ -337,7 +335,6 @@ async fn a_time_limit_on_the_call_overrides_the_task() {
         .await
         .unwrap();
     assert_eq!(result.get(WAIT).await.unwrap(), "stopped at the soft limit");
-    let _ = TaskErrorKind::Panicked;
     worker.shutdown().await.unwrap();
 }
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use tracing::Instrument;
 
 use crate::backend::ResultBackend;
@@ -497,9 +496,6 @@ pub fn hostname() -> String {
         })
         .unwrap_or_else(|| "localhost".to_owned())
 }
-
-/// Convenience for code that only needs an untyped result value.
-pub type UntypedResult = AsyncResult<Value>;
 
 #[cfg(test)]
 mod tests {

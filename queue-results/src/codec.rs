@@ -234,6 +234,48 @@ fn parse_array(column: &str, bytes: Option<&[u8]>) -> Result<Option<Vec<Value>>,
     }
 }
 
+/// Writing rows, the one thing the two backends do differently when storing results; the
+/// store logic on top of it ([`store_one`], [`store_batch`]) is written once.
+pub(crate) trait RowWriter: Sync {
+    /// Upserts `rows` in one statement; `what` describes the write for errors.
+    fn upsert_rows(
+        &self,
+        rows: &[TaskRow],
+        what: &(dyn Fn() -> String + Sync),
+    ) -> impl std::future::Future<Output = Result<(), SqlError>> + Send;
+}
+
+/// `ResultBackend::store` of both backends.
+pub(crate) async fn store_one(
+    writer: &impl RowWriter,
+    meta: &TaskMeta,
+) -> Result<(), queue_core::BackendError> {
+    let row = TaskRow::encode(meta)?;
+    let what = || format!("storing {} of task {:?}", meta.status, meta.task_id);
+    writer
+        .upsert_rows(std::slice::from_ref(&row), &what)
+        .await?;
+    Ok(())
+}
+
+/// `ResultBackend::store_many` of both backends: rows that encode are stored in chunks of
+/// [`MAX_BATCH`](crate::sql::MAX_BATCH), each one statement, so a failure loses no other
+/// chunk; the first row that did not encode is reported after the others are stored.
+pub(crate) async fn store_batch(
+    writer: &impl RowWriter,
+    metas: &[TaskMeta],
+) -> Result<(), queue_core::BackendError> {
+    let (rows, invalid) = encode_batch(metas);
+    for chunk in rows.chunks(crate::sql::MAX_BATCH) {
+        let what = || format!("storing {} results", chunk.len());
+        writer.upsert_rows(chunk, &what).await?;
+    }
+    match invalid.into_iter().next() {
+        Some(error) => Err(error.into()),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -20,7 +20,7 @@ use tracing::{debug, info};
 use crate::codec::{self, TaskRow};
 use crate::error::{SqlError, with_retries};
 use crate::options::{SqlOptions, parse_url, split_url};
-use crate::sql::{Dialect, MAX_BATCH};
+use crate::sql::Dialect;
 use crate::waiters::{Waiters, Wake, poll_pause, wait_ready};
 
 /// The schema migrations of the SQLite backend, for applications that run migrations
@@ -380,27 +380,24 @@ fn decode_row(row: &SqliteRow) -> Result<TaskRow, SqlError> {
     Ok(decoded)
 }
 
+impl codec::RowWriter for SqliteBackend {
+    fn upsert_rows(
+        &self,
+        rows: &[TaskRow],
+        what: &(dyn Fn() -> String + Sync),
+    ) -> impl std::future::Future<Output = Result<(), SqlError>> + Send {
+        self.upsert(rows, what)
+    }
+}
+
 #[async_trait]
 impl ResultBackend for SqliteBackend {
     async fn store(&self, meta: TaskMeta) -> Result<(), BackendError> {
-        let row = TaskRow::encode(&meta)?;
-        self.upsert(std::slice::from_ref(&row), || {
-            format!("storing {} of task {:?}", meta.status, meta.task_id)
-        })
-        .await?;
-        Ok(())
+        codec::store_one(self, &meta).await
     }
 
     async fn store_many(&self, metas: Vec<TaskMeta>) -> Result<(), BackendError> {
-        let (rows, invalid) = codec::encode_batch(&metas);
-        for chunk in rows.chunks(MAX_BATCH) {
-            self.upsert(chunk, || format!("storing {} results", chunk.len()))
-                .await?;
-        }
-        match invalid.into_iter().next() {
-            Some(error) => Err(error.into()),
-            None => Ok(()),
-        }
+        codec::store_batch(self, &metas).await
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError> {

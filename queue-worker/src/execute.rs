@@ -28,7 +28,7 @@ const RATE_LIMIT_HOLD: Duration = Duration::from_secs(1);
 /// dead-letters the delivery (or leaves it unacked on a broker error, to be redelivered).
 pub(crate) async fn handle(runtime: Arc<Runtime>, delivery: Delivery) {
     let message = match &delivery.content {
-        Ok(message) => message.clone(),
+        Ok(message) => message,
         Err(undecodable) => {
             let reason = format!("undecodable message: {}", undecodable.error);
             warn!(queue = %delivery.queue, %reason, "dead-lettering message");
@@ -48,7 +48,6 @@ pub(crate) async fn handle(runtime: Arc<Runtime>, delivery: Delivery) {
     Execution {
         runtime,
         delivery,
-        message,
         acks_late: true,
     }
     .run()
@@ -56,26 +55,34 @@ pub(crate) async fn handle(runtime: Arc<Runtime>, delivery: Delivery) {
     .await
 }
 
+/// One decodable delivery being handled (its content is `Ok`: see [`handle`]).
 struct Execution {
     runtime: Arc<Runtime>,
     delivery: Delivery,
-    message: Message,
     /// Whether the delivery is acked at the end (false once acked before the start).
     acks_late: bool,
 }
 
 impl Execution {
+    /// The message, borrowed from the delivery (no copy on the hot path).
+    fn message(&self) -> &Message {
+        match &self.delivery.content {
+            Ok(message) => message,
+            Err(_) => unreachable!("handle() builds an Execution only for decoded messages"),
+        }
+    }
+
     fn id(&self) -> &str {
-        &self.message.headers.id
+        &self.message().headers.id
     }
 
     async fn run(self) {
-        let name = self.message.headers.task.clone();
+        let name = self.message().headers.task.clone();
         debug!(redelivered = self.delivery.redelivered, "task received");
         let Some(task) = self.runtime.app.registry().get(&name).cloned() else {
             return self.unknown_task().await;
         };
-        let body = match self.message.decode_body() {
+        let body = match self.message().decode_body() {
             Ok(body) => body,
             Err(error) => {
                 let error = TaskError::new("DecodeError", error.to_string());
@@ -87,7 +94,7 @@ impl Execution {
         };
         let now = time::now();
         if let Some(expires) = self
-            .message
+            .message()
             .headers
             .expires
             .filter(|expires| *expires <= now)
@@ -98,7 +105,7 @@ impl Execution {
             self.runtime.stats.revoked.increment();
             return self.runtime.ack(&self.delivery).await;
         }
-        if let Some(eta) = self.message.headers.eta.filter(|eta| *eta > now) {
+        if let Some(eta) = self.message().headers.eta.filter(|eta| *eta > now) {
             match (eta - now).to_std() {
                 Ok(wait) if wait <= ETA_HOLD => tokio::time::sleep(wait).await,
                 _ => return self.defer(eta).await,
@@ -120,7 +127,7 @@ impl Execution {
     }
 
     async fn unknown_task(self) {
-        let name = self.message.headers.task.clone();
+        let name = self.message().headers.task.clone();
         let error = TaskError::new("NotRegistered", name.clone()).module("celery.exceptions");
         self.store_error(TaskState::Failure, &error).await;
         if self.runtime.config.requeue_unknown_tasks {
@@ -153,7 +160,7 @@ impl Execution {
             self.runtime.ack(&self.delivery).await;
             self.acks_late = false;
         }
-        let headers = &self.message.headers;
+        let headers = &self.message().headers;
         let hard_limit = headers.timelimit.hard().or(options.time_limit);
         let soft_limit = headers.timelimit.soft().or(options.soft_time_limit);
         let cancellation = self.runtime.cold.child_token();
@@ -235,7 +242,7 @@ impl Execution {
                     Retry::Exhausted => {
                         let reason = format!(
                             "max retries ({}) exceeded: {error}",
-                            self.message.headers.retries
+                            self.message().headers.retries
                         );
                         return self
                             .fail(&context, &embed, error, ignore_result, Some(reason))
@@ -292,7 +299,7 @@ impl Execution {
 
     /// Publishes the retry (same id and body, `retries + 1`, an eta).
     async fn retry(&self, task: &RegisteredTask, error: &TaskError) -> Retry {
-        let retries = self.message.headers.retries;
+        let retries = self.message().headers.retries;
         let policy = &task.options.retry;
         if policy.max_retries.is_some_and(|max| retries >= max) {
             return Retry::Exhausted;
@@ -303,12 +310,12 @@ impl Execution {
             } => *countdown,
             _ => policy.delay_for(retries),
         };
-        let mut message = self.message.clone();
+        let mut message = self.message().clone();
         message.headers.retries = retries + 1;
         message.headers.eta =
             Some(time::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX));
         // As Celery: the retry's parent is the task itself.
-        message.headers.parent_id = Some(self.message.headers.id.clone());
+        message.headers.parent_id = Some(self.message().headers.id.clone());
         let publish = Publish::new(self.delivery.queue.clone(), message);
         let span = queue_core::app::publish_span(&publish);
         let broker = self.runtime.app.broker();
@@ -334,7 +341,7 @@ impl Execution {
     }
 
     fn meta(&self, status: TaskState, result: Value) -> TaskMeta {
-        let headers = &self.message.headers;
+        let headers = &self.message().headers;
         let mut meta = TaskMeta::new(self.id(), status, result);
         meta.group_id = headers.group.clone();
         meta.parent_id = headers.parent_id.clone();
@@ -383,7 +390,7 @@ impl Execution {
     }
 
     async fn send_linked(&self, signatures: Vec<Signature>) {
-        let headers = &self.message.headers;
+        let headers = &self.message().headers;
         let root = headers
             .root_id
             .clone()

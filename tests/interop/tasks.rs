@@ -1,4 +1,5 @@
-//! The interop tasks of `examples/celery_interop.rs`, for an in-process Rust worker.
+//! The interop tasks: the Rust side of `examples/python/tasks.py`, used by
+//! `examples/celery_interop.rs` and by the interop tests' in-process worker.
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -6,21 +7,25 @@ use std::time::Duration;
 use queue::{AppBuilder, TaskContext, TaskError, task};
 use serde_json::{Number, Value};
 
+/// `tasks.add(x, y)`: the sum of two integers.
 #[task(name = "tasks.add")]
 pub fn add(x: i64, y: i64) -> i64 {
     x + y
 }
 
+/// `tasks.echo(value)`: the value unchanged, kombu's typed envelopes included.
 #[task(name = "tasks.echo")]
 pub fn echo(value: Value) -> Value {
     value
 }
 
+/// `tasks.fail(message)`: fails with `ValueError(message)`.
 #[task(name = "tasks.fail")]
 pub fn fail(message: String) -> Result<(), TaskError> {
     Err(TaskError::new("ValueError", message))
 }
 
+/// `tasks.flaky(failures)`: retries itself at once until its retry count equals `failures`.
 #[task(name = "tasks.flaky", max_retries = None)]
 pub fn flaky(context: TaskContext, failures: u32) -> Result<u32, TaskError> {
     if context.retries() < failures {
@@ -29,6 +34,7 @@ pub fn flaky(context: TaskContext, failures: u32) -> Result<u32, TaskError> {
     Ok(context.retries())
 }
 
+/// `tasks.sleep(seconds)`: sleeps, then returns `seconds` as given.
 #[task(name = "tasks.sleep")]
 pub async fn sleep(seconds: Number) -> Result<Number, TaskError> {
     let duration = seconds

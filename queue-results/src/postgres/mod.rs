@@ -21,7 +21,7 @@ pub use listener::CHANNEL as NOTIFY_CHANNEL;
 use crate::codec::{self, TaskRow};
 use crate::error::{SqlError, with_retries};
 use crate::options::{SqlOptions, parse_url, split_url};
-use crate::sql::{Dialect, MAX_BATCH};
+use crate::sql::Dialect;
 use crate::waiters::{Waiters, Wake, deadline_after, poll_pause, wait_ready};
 use listener::Listener;
 
@@ -251,28 +251,24 @@ fn decode_row(row: &PgRow) -> Result<TaskRow, SqlError> {
     })
 }
 
+impl codec::RowWriter for PostgresBackend {
+    fn upsert_rows(
+        &self,
+        rows: &[TaskRow],
+        what: &(dyn Fn() -> String + Sync),
+    ) -> impl std::future::Future<Output = Result<(), SqlError>> + Send {
+        self.upsert(rows, what)
+    }
+}
+
 #[async_trait]
 impl ResultBackend for PostgresBackend {
     async fn store(&self, meta: TaskMeta) -> Result<(), BackendError> {
-        let row = TaskRow::encode(&meta)?;
-        self.upsert(std::slice::from_ref(&row), || {
-            format!("storing {} of task {:?}", meta.status, meta.task_id)
-        })
-        .await?;
-        Ok(())
+        codec::store_one(self, &meta).await
     }
 
     async fn store_many(&self, metas: Vec<TaskMeta>) -> Result<(), BackendError> {
-        let (rows, invalid) = codec::encode_batch(&metas);
-        // Each chunk is one statement, so one transaction: a failure loses no other chunk.
-        for chunk in rows.chunks(MAX_BATCH) {
-            self.upsert(chunk, || format!("storing {} results", chunk.len()))
-                .await?;
-        }
-        match invalid.into_iter().next() {
-            Some(error) => Err(error.into()),
-            None => Ok(()),
-        }
+        codec::store_batch(self, &metas).await
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError> {
