@@ -269,6 +269,21 @@ pub trait Consumer: Send + Sync {
         until: DateTime<FixedOffset>,
     ) -> Result<(), BrokerError>;
 
+    /// Publishes `replacement` (the retry of this delivery's message) and acks `delivery` as
+    /// one step, so that a crash between the two never leaves two copies of the task.
+    ///
+    /// Brokers that can do this atomically (Redis: one script; memory: one lock) override
+    /// it. The default answers [`BrokerError::Unsupported`], and the worker then publishes
+    /// and acks in two steps: a crash in between delivers the original again (the task runs
+    /// once more, which acks-late semantics allow).
+    async fn republish_and_ack(
+        &self,
+        _delivery: &Delivery,
+        _replacement: Publish,
+    ) -> Result<(), BrokerError> {
+        Err(BrokerError::Unsupported("republish_and_ack"))
+    }
+
     /// Tells the broker these messages are still being worked on (renews a visibility
     /// timeout where the broker has one). The worker calls it periodically.
     async fn renew(&self, _deliveries: &[DeliveryTag]) -> Result<(), BrokerError> {
