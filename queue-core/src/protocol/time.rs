@@ -1,7 +1,63 @@
 //! Timestamps on the wire: ISO-8601 as Python's `datetime.isoformat()` writes them.
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, SecondsFormat, SubsecRound, Utc};
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, SecondsFormat, SubsecRound, Utc};
 use serde::{Deserialize, Deserializer, Serializer};
+
+/// The latest time a deadline is set to: Python's `datetime.max` (9999-12-31 23:59:59.999999
+/// UTC), so that a saturated deadline still reads back in a Python worker or monitor.
+pub fn far_future() -> DateTime<FixedOffset> {
+    NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|day| day.and_hms_micro_opt(23, 59, 59, 999_999))
+        .map(|time| time.and_utc().fixed_offset())
+        .unwrap_or(DateTime::<Utc>::MAX_UTC.fixed_offset())
+}
+
+/// `now + duration`, saturating at [`far_future`]: never panics, whatever the duration.
+pub fn after(duration: Duration) -> DateTime<FixedOffset> {
+    add(now(), duration)
+}
+
+/// `when + duration`, saturating at [`far_future`] (or at `when` when that is later still).
+pub fn add(when: DateTime<FixedOffset>, duration: Duration) -> DateTime<FixedOffset> {
+    let bound = far_future().max(when);
+    chrono::Duration::from_std(duration)
+        .ok()
+        .and_then(|delta| when.checked_add_signed(delta))
+        .map_or(bound, |later| later.min(bound))
+}
+
+/// `now + seconds` for a number of seconds from a message or an option (`countdown`, relative
+/// `expires`): `None` when the number is NaN, infinite or negative; huge values saturate at
+/// [`far_future`].
+pub fn after_seconds(seconds: f64) -> Option<DateTime<FixedOffset>> {
+    seconds_duration(seconds).map(after)
+}
+
+/// The time from now until `when`; zero when `when` is past. Never panics.
+pub fn until(when: DateTime<FixedOffset>) -> Duration {
+    between(now(), when)
+}
+
+/// The time from `from` until `to`; zero when `to` is not later. Never panics.
+pub fn between(from: DateTime<FixedOffset>, to: DateTime<FixedOffset>) -> Duration {
+    // Both ends lie within chrono's range (about ±262,000 years), so the difference fits a
+    // `chrono::Duration`; `to_std` fails only for a negative one.
+    to.signed_duration_since(from)
+        .to_std()
+        .unwrap_or(Duration::ZERO)
+}
+
+/// A number of seconds as a [`Duration`]: `None` for NaN, infinite or negative values; values
+/// past what a `Duration` holds saturate at [`Duration::MAX`]. Never panics (unlike
+/// `Duration::from_secs_f64`).
+pub fn seconds_duration(seconds: f64) -> Option<Duration> {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
+}
 
 /// Parses an ISO-8601 timestamp as Celery writes or accepts it: with an offset (`+00:00`),
 /// with `Z`, or naive (read as UTC, like the Python worker does).
