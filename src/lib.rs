@@ -77,5 +77,5 @@ pub mod __private {
     pub use serde_json::Value;
     pub use std::sync::Arc;
     pub use std::time::Duration;
-    pub use tokio::task::spawn_blocking;
+    pub use queue_core::blocking::run_blocking;
 }

@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod backend;
+pub mod blocking;
 pub mod broker;
 #[cfg(feature = "conformance")]
 pub mod conformance;

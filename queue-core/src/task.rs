@@ -241,6 +241,8 @@ struct ContextInner {
     headers: crate::protocol::Headers,
     app: App,
     cancellation: CancellationToken,
+    /// Sync bodies of this execution still running on their threads.
+    sync_code: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl fmt::Debug for TaskContext {
@@ -272,8 +274,25 @@ impl TaskContext {
                 headers,
                 app,
                 cancellation,
+                sync_code: Default::default(),
             }),
         }
+    }
+
+    /// Whether sync code of this execution still runs on its thread (after the worker
+    /// stopped waiting for it at a hard time limit or a cold shutdown): its message must not
+    /// be handed to another worker meanwhile.
+    pub fn sync_code_running(&self) -> bool {
+        self.inner
+            .sync_code
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+    }
+
+    /// Counts a sync body as running; used by the code `#[task]` generates with
+    /// [`run_blocking`](crate::blocking::run_blocking).
+    pub fn enter_sync_code(&self) -> crate::blocking::SyncCodeGuard {
+        crate::blocking::SyncCodeGuard::enter(&self.inner.sync_code)
     }
 
     /// Task id.

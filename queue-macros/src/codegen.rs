@@ -126,7 +126,9 @@ fn task_impl(task: &TaskFn, options: &TaskOptions) -> TokenStream {
         .params
         .iter()
         .any(|param| matches!(param.kind, ParamKind::Context { .. }));
-    let context = if uses_context {
+    // A sync body needs the context to count itself as running (see `run_blocking`).
+    let is_sync = task.item.sig.asyncness.is_none();
+    let context = if uses_context || is_sync {
         quote!(__context)
     } else {
         quote!(_)
@@ -262,14 +264,14 @@ fn options_fn(options: &TaskOptions) -> TokenStream {
 }
 
 /// The body of the future `run` returns: decode the arguments, call the function (on the
-/// blocking pool when it is sync), turn a panic into `TaskError::panicked`, encode the output.
+/// threads of `run_blocking` when it is sync), turn a panic into `TaskError::panicked`, encode the output.
 fn run_body(task: &TaskFn, options: &TaskOptions) -> TokenStream {
     let mixed = |name: &str| Ident::new(name, Span::mixed_site());
     let arguments = mixed("__arguments");
     let context = mixed("__context");
     let outcome = mixed("__outcome");
     let payload = mixed("__payload");
-    let join_error = mixed("__join_error");
+    let sync_guard = mixed("__sync_guard");
     let panic_message = mixed("__panic_message");
 
     let decode = task.params.iter().filter_map(|param| match &param.kind {
@@ -319,15 +321,11 @@ fn run_body(task: &TaskFn, options: &TaskOptions) -> TokenStream {
         }
     } else {
         quote! {
-            match ::queue::__private::spawn_blocking(move || #call).await {
+            let #sync_guard = ::queue::TaskContext::enter_sync_code(&#context);
+            match ::queue::__private::run_blocking(#sync_guard, move || #call).await {
                 ::core::result::Result::Ok(#binding) => #finish,
-                ::core::result::Result::Err(#join_error) if #join_error.is_panic() => {
-                    ::core::result::Result::Err(::queue::TaskError::panicked(
-                        #panic_message(&*#join_error.into_panic()),
-                    ))
-                }
-                ::core::result::Result::Err(#join_error) => ::core::result::Result::Err(
-                    ::queue::TaskError::msg(::std::string::ToString::to_string(&#join_error)),
+                ::core::result::Result::Err(#payload) => ::core::result::Result::Err(
+                    ::queue::TaskError::panicked(#panic_message(&*#payload)),
                 ),
             }
         }

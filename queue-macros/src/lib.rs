@@ -187,7 +187,7 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["struct", "impl", "impl Task"]);
-        assert!(output.contains("spawn_blocking"));
+        assert!(output.contains("run_blocking"));
         assert!(!output.contains("queue_core"));
     }
 
