@@ -73,9 +73,9 @@ pub mod prelude {
 pub mod __private {
     pub use futures::FutureExt;
     pub use futures::future::BoxFuture;
+    pub use queue_core::blocking::run_blocking;
     pub use queue_core::task::encode_output;
     pub use serde_json::Value;
     pub use std::sync::Arc;
     pub use std::time::Duration;
-    pub use queue_core::blocking::run_blocking;
 }

@@ -1,6 +1,8 @@
 //! What happens when tasks fail, retry, panic, run too long, or cannot run at all.
 
 mod common;
+#[path = "common/faults.rs"]
+mod faults;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -395,44 +397,7 @@ async fn announce(context: TaskContext) -> u32 {
     7
 }
 
-/// A memory broker whose publishes fail while `down` is set: a broker outage.
-#[derive(Debug)]
-struct OutageBroker {
-    inner: queue::MemoryBroker,
-    down: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl queue::Broker for OutageBroker {
-    async fn declare_queue(&self, queue: &str) -> Result<(), queue::BrokerError> {
-        self.inner.declare_queue(queue).await
-    }
-    async fn publish(&self, messages: Vec<queue::Publish>) -> Result<(), queue::BrokerError> {
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(queue::BrokerError::Unavailable("outage".into()));
-        }
-        self.inner.publish(messages).await
-    }
-    async fn consume(
-        &self,
-        options: queue::ConsumeOptions,
-    ) -> Result<Arc<dyn queue::Consumer>, queue::BrokerError> {
-        self.inner.consume(options).await
-    }
-    async fn queue_length(&self, queue: &str) -> Result<queue::QueueLength, queue::BrokerError> {
-        self.inner.queue_length(queue).await
-    }
-    async fn purge(&self, queue: &str) -> Result<u64, queue::BrokerError> {
-        self.inner.purge(queue).await
-    }
-    async fn dead_letters(
-        &self,
-        queue: &str,
-        limit: usize,
-    ) -> Result<Vec<queue::DeadLetter>, queue::BrokerError> {
-        self.inner.dead_letters(queue, limit).await
-    }
-}
+use faults::OutageBroker;
 
 struct Outage {
     broker: Arc<OutageBroker>,
@@ -470,10 +435,7 @@ async fn retry_into_outage(context: TaskContext) -> Result<u32, TaskError> {
 
 #[tokio::test]
 async fn a_retry_the_broker_refuses_gives_the_message_back_instead_of_losing_it() {
-    let broker = Arc::new(OutageBroker {
-        inner: queue::MemoryBroker::new(),
-        down: std::sync::atomic::AtomicBool::new(false),
-    });
+    let broker = Arc::new(OutageBroker::default());
     let app = App::builder()
         .broker_instance(broker.clone())
         .backend("memory://")

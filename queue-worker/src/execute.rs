@@ -1,39 +1,65 @@
 //! One delivery's walk through the worker: decode, check (known task, expiry, eta, rate
-//! limit), ack early if asked, run under the time limits, then store the result, retry or
-//! fail, and ack — or dead-letter what cannot run.
+//! limit), ack early if asked, run under the time limits, then store the outcome, send its
+//! follow-ups, and only then ack; or retry, or dead-letter what cannot run.
+//!
+//! The rule that keeps messages safe: a message is acked only after its outcome is stored
+//! and its callbacks sent; what cannot be stored is given back (it runs again); a message
+//! whose code may still be running is never given to another worker.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset};
+use futures::FutureExt;
 use queue_core::broker::Publish;
-use queue_core::protocol::{Message, time};
+use queue_core::protocol::{Embed, Message, time};
 use queue_core::task::RegisteredTask;
 use queue_core::{
-    Arguments, Delivery, Signature, TaskContext, TaskError, TaskErrorKind, TaskMeta, TaskState,
+    Arguments, Delivery, RetryPolicy, Signature, TaskContext, TaskError, TaskErrorKind, TaskMeta,
+    TaskState,
 };
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::hooks::Outcome;
-use crate::runtime::Runtime;
+use crate::limits::{RunResult, guarded, panic_message, run_limited};
+use crate::runtime::{Runtime, Unpersisted};
+use crate::settle::Settlement;
 
 /// An eta closer than this is waited for in place; a later one goes back to the broker.
 const ETA_HOLD: Duration = Duration::from_millis(50);
 /// A rate-limit wait longer than this hands the message back to the broker.
 const RATE_LIMIT_HOLD: Duration = Duration::from_secs(1);
+/// Header counting how often a message of an unknown task was given back for another worker.
+pub const UNKNOWN_TASK_REQUEUES_HEADER: &str = "x-unknown-task-requeues";
 
-/// Handles one delivery to the end. Never panics; every path acks, rejects, defers or
-/// dead-letters the delivery (or leaves it unacked on a broker error, to be redelivered).
+/// Handles one delivery to the end. Every path acks, gives back, defers, replaces or
+/// dead-letters the delivery (or leaves it unacked on a broker error, to be redelivered);
+/// a panic anywhere in the handling dead-letters it with the panic's text.
 pub(crate) async fn handle(runtime: Arc<Runtime>, delivery: Delivery) {
+    let settlement = Settlement::new(&runtime, &delivery);
+    let walk = std::panic::AssertUnwindSafe(walk(&runtime, &delivery, &settlement))
+        .catch_unwind()
+        .await;
+    if let Err(payload) = walk {
+        let reason = format!(
+            "the worker panicked while handling this message: {}",
+            panic_message(payload.as_ref())
+        );
+        let task_id = delivery.content.as_ref().map(|m| m.headers.id.as_str());
+        error!(queue = %delivery.queue, task_id = task_id.unwrap_or("?"), %reason, "dead-lettering message");
+        if !settlement.is_settled() {
+            settlement.dead_letter(&reason).await;
+        }
+    }
+}
+
+async fn walk(runtime: &Runtime, delivery: &Delivery, settle: &Settlement<'_>) {
     let message = match &delivery.content {
         Ok(message) => message,
         Err(undecodable) => {
             let reason = format!("undecodable message: {}", undecodable.error);
             warn!(queue = %delivery.queue, %reason, "dead-lettering message");
-            runtime.dead_letter(&delivery, &reason).await;
-            return;
+            return settle.dead_letter(&reason).await;
         }
     };
     // ERROR level so that the span (and its fields) is enabled whenever any event of the
@@ -48,6 +74,8 @@ pub(crate) async fn handle(runtime: Arc<Runtime>, delivery: Delivery) {
     Execution {
         runtime,
         delivery,
+        message,
+        settle,
         acks_late: true,
     }
     .run()
@@ -55,69 +83,60 @@ pub(crate) async fn handle(runtime: Arc<Runtime>, delivery: Delivery) {
     .await
 }
 
-/// One decodable delivery being handled (its content is `Ok`: see [`handle`]).
-struct Execution {
-    runtime: Arc<Runtime>,
-    delivery: Delivery,
+/// One decodable delivery being handled.
+struct Execution<'a> {
+    runtime: &'a Runtime,
+    delivery: &'a Delivery,
+    message: &'a Message,
+    settle: &'a Settlement<'a>,
     /// Whether the delivery is acked at the end (false once acked before the start).
     acks_late: bool,
 }
 
-impl Execution {
-    /// The message, borrowed from the delivery (no copy on the hot path).
-    fn message(&self) -> &Message {
-        match &self.delivery.content {
-            Ok(message) => message,
-            Err(_) => unreachable!("handle() builds an Execution only for decoded messages"),
-        }
-    }
-
+impl Execution<'_> {
     fn id(&self) -> &str {
-        &self.message().headers.id
+        &self.message.headers.id
     }
 
     async fn run(self) {
-        let name = self.message().headers.task.clone();
+        let name = &self.message.headers.task;
         debug!(redelivered = self.delivery.redelivered, "task received");
-        let Some(task) = self.runtime.app.registry().get(&name).cloned() else {
+        let Some(task) = self.runtime.app.registry().get(name).cloned() else {
             return self.unknown_task().await;
         };
-        let body = match self.message().decode_body() {
+        let body = match self.message.decode_body() {
             Ok(body) => body,
             Err(error) => {
                 let error = TaskError::new("DecodeError", error.to_string());
-                self.store_error(TaskState::Failure, &error).await;
+                // The message survives in the dead-letter place even if this store fails.
+                let _ = self.store_error(TaskState::Failure, &error).await;
                 let reason = format!("undecodable body: {}", error.message());
                 warn!(%reason, "dead-lettering message");
-                return self.runtime.dead_letter(&self.delivery, &reason).await;
+                return self.settle.dead_letter(&reason).await;
             }
         };
         let now = time::now();
-        if let Some(expires) = self
-            .message()
-            .headers
-            .expires
-            .filter(|expires| *expires <= now)
-        {
+        if let Some(expires) = self.message.headers.expires.filter(|at| *at <= now) {
             info!(%expires, "task expired: REVOKED");
-            self.store_meta(TaskMeta::revoked(self.id(), "expired"))
+            let stored = self
+                .runtime
+                .store_outcome(TaskMeta::revoked(self.id(), "expired"))
                 .await;
             self.runtime.stats.revoked.increment();
-            return self.runtime.ack(&self.delivery).await;
+            return self.conclude(stored).await;
         }
-        if let Some(eta) = self.message().headers.eta.filter(|eta| *eta > now) {
-            match (eta - now).to_std() {
-                Ok(wait) if wait <= ETA_HOLD => tokio::time::sleep(wait).await,
-                _ => return self.defer(eta).await,
+        if let Some(eta) = self.message.headers.eta.filter(|eta| *eta > now) {
+            let wait = time::between(now, eta);
+            if wait > ETA_HOLD {
+                return self.settle.defer(eta).await;
             }
+            tokio::time::sleep(wait).await;
         }
         if let Some(limit) = task.options.rate_limit {
-            while let Some(wait) = self.runtime.rate_limits.check(&name, limit) {
+            while let Some(wait) = self.runtime.rate_limits.check(name, limit) {
                 if wait > RATE_LIMIT_HOLD {
-                    let until = time::now()
-                        + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
                     debug!(?wait, "rate limited: deferring");
-                    return self.defer(until).await;
+                    return self.settle.defer(time::after(wait)).await;
                 }
                 tokio::time::sleep(wait).await;
             }
@@ -126,24 +145,51 @@ impl Execution {
             .await
     }
 
+    /// A task this worker does not know: dead-lettered, or (with `requeue_unknown_tasks`)
+    /// given back with a growing delay for another worker, without storing anything a client
+    /// would take for the task's outcome.
     async fn unknown_task(self) {
-        let name = self.message().headers.task.clone();
+        let name = &self.message.headers.task;
+        let reason = match self.runtime.config.unknown_task_requeues {
+            Some(max) => {
+                let requeues = self
+                    .message
+                    .headers
+                    .extra
+                    .get(UNKNOWN_TASK_REQUEUES_HEADER)
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                if requeues < u64::from(max) {
+                    return self.give_back_unknown(requeues).await;
+                }
+                format!("unknown task {name:?}: no worker took it after {max} requeues")
+            }
+            None => format!("unknown task {name:?}"),
+        };
         let error = TaskError::new("NotRegistered", name.clone()).module("celery.exceptions");
-        self.store_error(TaskState::Failure, &error).await;
-        if self.runtime.config.requeue_unknown_tasks {
-            warn!("unknown task: requeued for another worker");
-            self.runtime.reject(&self.delivery, true).await;
-        } else {
-            let reason = format!("unknown task {name:?}");
-            warn!(%reason, "dead-lettering message");
-            self.runtime.dead_letter(&self.delivery, &reason).await;
-        }
+        // The message survives in the dead-letter place even if this store fails.
+        let _ = self.store_error(TaskState::Failure, &error).await;
+        warn!(%reason, "dead-lettering message");
+        self.settle.dead_letter(&reason).await;
     }
 
-    async fn defer(self, until: DateTime<FixedOffset>) {
-        debug!(%until, "handing the message back to the broker until it is due");
-        if let Err(error) = self.runtime.consumer.defer(&self.delivery, until).await {
-            warn!(%error, "could not defer; the message will be redelivered");
+    async fn give_back_unknown(&self, requeues: u64) {
+        let delay = unknown_task_backoff().delay_for(u32::try_from(requeues).unwrap_or(u32::MAX));
+        let mut message = self.message.clone();
+        message.headers.extra.insert(
+            UNKNOWN_TASK_REQUEUES_HEADER.to_owned(),
+            Value::from(requeues + 1),
+        );
+        message.headers.eta = Some(time::after(delay));
+        warn!(
+            ?delay,
+            requeues = requeues + 1,
+            "unknown task: given back for another worker"
+        );
+        let replacement = Publish::new(self.delivery.queue.clone(), message);
+        if let Err(error) = self.settle.replace(replacement).await {
+            warn!(%error, "could not give the message back with a delay; requeued as it is");
+            self.settle.give_back().await;
         }
     }
 
@@ -152,15 +198,14 @@ impl Execution {
         task: RegisteredTask,
         args: Vec<Value>,
         kwargs: serde_json::Map<String, Value>,
-        embed: queue_core::protocol::Embed,
+        embed: Embed,
     ) {
-        let options = task.options.clone();
-        let acks_late = options.acks_late;
-        if !acks_late {
-            self.runtime.ack(&self.delivery).await;
+        let options = &task.options;
+        if !options.acks_late {
+            self.settle.ack().await;
             self.acks_late = false;
         }
-        let headers = &self.message().headers;
+        let headers = &self.message.headers;
         let hard_limit = headers.timelimit.hard().or(options.time_limit);
         let soft_limit = headers.timelimit.soft().or(options.soft_time_limit);
         let cancellation = self.runtime.cold.child_token();
@@ -180,16 +225,16 @@ impl Execution {
                 serde_json::json!({"pid": std::process::id(), "hostname": self.runtime.config.node_name}),
             );
             started.children = None;
-            self.store_meta(started).await;
+            self.runtime.store_once(started).await;
         }
         for hooks in &self.runtime.hooks {
             guarded(hooks.before_task(&context), "before_task").await;
         }
         self.runtime.stats.started.increment();
-        let arguments = Arguments { args, kwargs };
         let started_at = tokio::time::Instant::now();
         let result = run_limited(
-            task.task.run(context.clone(), arguments),
+            task.task.run(context.clone(), Arguments { args, kwargs }),
+            &context,
             &cancellation,
             soft_limit,
             hard_limit,
@@ -197,112 +242,136 @@ impl Execution {
         )
         .await;
         let runtime = started_at.elapsed();
-
-        let outcome = match result {
-            RunResult::Interrupted => {
-                // Cold shutdown: give the message back unless it was acked before the start.
-                warn!("cold shutdown: task interrupted");
-                if acks_late {
-                    self.runtime.reject(&self.delivery, true).await;
+        let ending = Ending {
+            context: &context,
+            embed: &embed,
+            ignore_result,
+        };
+        match result {
+            RunResult::Interrupted { still_running } => self.interrupted(still_running).await,
+            RunResult::TimedOut {
+                limit,
+                still_running,
+            } => {
+                if still_running {
+                    self.runtime.stats.abandoned.increment();
                 }
-                return;
+                // Never retried: its code may still run, and a second copy would run beside it.
+                let error = TaskError::time_limit_exceeded(limit);
+                self.fail(&ending, error, None).await
             }
             RunResult::Done(Ok(value)) => {
                 info!(runtime = runtime.as_secs_f64(), "task succeeded");
-                self.runtime.stats.succeeded.increment();
-                if !ignore_result {
-                    self.store_meta(self.meta(TaskState::Success, value.clone()))
-                        .await;
-                }
-                self.apply_callbacks(&embed, &value).await;
-                for hooks in &self.runtime.hooks {
-                    guarded(hooks.on_success(&context, &value), "on_success").await;
-                }
-                Outcome::Success(value)
+                self.succeed(&ending, value).await
             }
             RunResult::Done(Err(error)) if error.is_retry() => {
-                match self.retry(&task, &error).await {
-                    Retry::NotPublished => {
-                        // Not acked: the broker delivers the original again and it reruns.
-                        if self.acks_late {
-                            self.runtime.reject(&self.delivery, true).await;
-                        }
-                        return;
-                    }
-                    Retry::Published(delay) => {
-                        self.runtime.stats.retried.increment();
-                        if !ignore_result {
-                            self.store_error(TaskState::Retry, &error).await;
-                        }
-                        for hooks in &self.runtime.hooks {
-                            guarded(hooks.on_retry(&context, &error, delay), "on_retry").await;
-                        }
-                        Outcome::Retry(error)
-                    }
-                    Retry::Exhausted => {
-                        let reason = format!(
-                            "max retries ({}) exceeded: {error}",
-                            self.message().headers.retries
-                        );
-                        return self
-                            .fail(&context, &embed, error, ignore_result, Some(reason))
-                            .await;
-                    }
-                }
+                self.retry(&task, &ending, error).await
             }
-            RunResult::Done(Err(error)) => {
-                return self
-                    .fail(&context, &embed, error, ignore_result, None)
-                    .await;
-            }
-        };
-        for hooks in &self.runtime.hooks {
-            guarded(hooks.after_task(&context, &outcome), "after_task").await;
-        }
-        if acks_late {
-            self.runtime.ack(&self.delivery).await;
+            RunResult::Done(Err(error)) => self.fail(&ending, error, None).await,
         }
     }
 
-    /// Final failure: store FAILURE, apply errbacks, run hooks, then ack — or dead-letter
-    /// when `dead_letter_reason` is set (retries exhausted).
+    /// Cold shutdown: the message goes back unless its code may still run.
+    async fn interrupted(&self, still_running: bool) {
+        if !self.acks_late {
+            warn!("cold shutdown: task interrupted (acked before the start)");
+        } else if still_running {
+            self.runtime.stats.abandoned.increment();
+            warn!(
+                "cold shutdown: the task's sync code still runs; its message stays with the broker and comes back once this process has exited"
+            );
+            self.settle.abandon();
+        } else {
+            warn!("cold shutdown: task interrupted, message requeued");
+            self.settle.requeue().await;
+        }
+    }
+
+    async fn succeed(&self, ending: &Ending<'_>, value: Value) {
+        let persisted = async {
+            if !ending.ignore_result {
+                self.runtime
+                    .store_outcome(self.meta(TaskState::Success, value.clone()))
+                    .await?;
+            }
+            self.apply_callbacks(ending.embed, &value).await
+        }
+        .await;
+        if persisted.is_ok() {
+            self.runtime.stats.succeeded.increment();
+        }
+        for hooks in &self.runtime.hooks {
+            guarded(hooks.on_success(ending.context, &value), "on_success").await;
+        }
+        self.after_task(ending.context, Outcome::Success(value))
+            .await;
+        self.conclude(persisted).await
+    }
+
+    /// Final failure: store FAILURE, send errbacks, run hooks, then ack; or dead-letter when
+    /// `dead_letter_reason` is set (retries exhausted).
     async fn fail(
-        self,
-        context: &TaskContext,
-        embed: &queue_core::protocol::Embed,
+        &self,
+        ending: &Ending<'_>,
         error: TaskError,
-        ignore_result: bool,
         dead_letter_reason: Option<String>,
     ) {
         match error.kind() {
-            TaskErrorKind::Panicked => error!(%error, "task panicked"),
+            TaskErrorKind::Panicked => error!(%error, "task failed: panicked"),
             _ => warn!(%error, "task failed"),
         }
-        self.runtime.stats.failed.increment();
-        if !ignore_result {
-            self.store_error(TaskState::Failure, &error).await;
+        let persisted = async {
+            if !ending.ignore_result {
+                self.store_error(TaskState::Failure, &error).await?;
+            }
+            self.apply_errbacks(ending.embed).await
         }
-        self.apply_errbacks(embed).await;
+        .await;
+        if persisted.is_ok() {
+            self.runtime.stats.failed.increment();
+        }
         for hooks in &self.runtime.hooks {
-            guarded(hooks.on_failure(context, &error), "on_failure").await;
+            guarded(hooks.on_failure(ending.context, &error), "on_failure").await;
         }
-        let outcome = Outcome::Failure(error);
-        for hooks in &self.runtime.hooks {
-            guarded(hooks.after_task(context, &outcome), "after_task").await;
-        }
+        self.after_task(ending.context, Outcome::Failure(error))
+            .await;
         match dead_letter_reason {
-            Some(reason) => self.runtime.dead_letter(&self.delivery, &reason).await,
-            None if self.acks_late => self.runtime.ack(&self.delivery).await,
-            None => {}
+            Some(reason) if persisted.is_ok() && self.acks_late => {
+                self.settle.dead_letter(&reason).await
+            }
+            _ => self.conclude(persisted).await,
         }
     }
 
-    /// Publishes the retry (same id and body, `retries + 1`, an eta).
-    async fn retry(&self, task: &RegisteredTask, error: &TaskError) -> Retry {
-        let retries = self.message().headers.retries;
+    /// Acks when the outcome is stored and its follow-ups sent; gives the message back
+    /// otherwise, so that it runs again rather than being lost.
+    async fn conclude(&self, persisted: Result<(), Unpersisted>) {
+        match (persisted, self.acks_late) {
+            (Ok(()), true) => self.settle.ack().await,
+            (Err(Unpersisted::Unavailable), true) => {
+                warn!("the outcome was not stored: the message is given back and runs again");
+                self.settle.give_back().await
+            }
+            (Err(Unpersisted::Refused(reason)), true) => {
+                warn!(%reason, "dead-lettering message");
+                self.settle.dead_letter(&reason).await
+            }
+            (Ok(()), false) => {}
+            (Err(_), false) => {
+                error!(
+                    "the outcome was not stored, and the message was acked before the start (acks_late = false): it is lost"
+                )
+            }
+        }
+    }
+
+    /// Sends the retry (same id and body, `retries + 1`, an eta) in place of this message.
+    async fn retry(&self, task: &RegisteredTask, ending: &Ending<'_>, error: TaskError) {
+        let retries = self.message.headers.retries;
         let policy = &task.options.retry;
         if policy.max_retries.is_some_and(|max| retries >= max) {
-            return Retry::Exhausted;
+            let reason = format!("max retries ({retries}) exceeded: {error}");
+            return self.fail(ending, error, Some(reason)).await;
         }
         let delay = match error.kind() {
             TaskErrorKind::Retry {
@@ -310,38 +379,57 @@ impl Execution {
             } => *countdown,
             _ => policy.delay_for(retries),
         };
-        let mut message = self.message().clone();
-        message.headers.retries = retries + 1;
-        message.headers.eta =
-            Some(time::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX));
+        let mut message = self.message.clone();
+        message.headers.retries = retries.saturating_add(1);
+        message.headers.eta = Some(time::after(delay));
         // As Celery: the retry's parent is the task itself.
-        message.headers.parent_id = Some(self.message().headers.id.clone());
-        let publish = Publish::new(self.delivery.queue.clone(), message);
-        let span = queue_core::app::publish_span(&publish);
-        let broker = self.runtime.app.broker();
-        let published = async {
-            let published = broker.publish(vec![publish]).await;
-            if published.is_ok() {
+        message.headers.parent_id = Some(self.message.headers.id.clone());
+        let replacement = Publish::new(self.delivery.queue.clone(), message);
+        // Stored before the retry is sent, so that it never overwrites the retry's outcome.
+        if !ending.ignore_result {
+            let mut meta = self.meta(TaskState::Retry, error.to_exception_value());
+            meta.traceback = error.traceback_text().map(str::to_owned);
+            self.runtime.store_once(meta).await;
+        }
+        let span = queue_core::app::publish_span(&replacement);
+        let sent = async {
+            let sent = if self.acks_late {
+                self.settle.replace(replacement).await
+            } else {
+                self.runtime.app.broker().publish(vec![replacement]).await
+            };
+            if sent.is_ok() {
                 debug!("retry sent");
             }
-            published
+            sent
         }
         .instrument(span)
         .await;
-        match published {
-            Ok(()) => {
-                info!(?delay, retry = retries + 1, %error, "task will be retried");
-                Retry::Published(delay)
+        if let Err(publish_error) = sent {
+            if self.acks_late {
+                warn!(%publish_error, "could not send the retry; the message is given back");
+                self.settle.give_back().await;
+            } else {
+                error!(%publish_error, "could not send the retry of a task acked before its start: it is lost");
             }
-            Err(publish_error) => {
-                warn!(%publish_error, "could not publish the retry; the message is requeued");
-                Retry::NotPublished
-            }
+            return;
+        }
+        info!(?delay, retry = retries.saturating_add(1), %error, "task will be retried");
+        self.runtime.stats.retried.increment();
+        for hooks in &self.runtime.hooks {
+            guarded(hooks.on_retry(ending.context, &error, delay), "on_retry").await;
+        }
+        self.after_task(ending.context, Outcome::Retry(error)).await;
+    }
+
+    async fn after_task(&self, context: &TaskContext, outcome: Outcome) {
+        for hooks in &self.runtime.hooks {
+            guarded(hooks.after_task(context, &outcome), "after_task").await;
         }
     }
 
     fn meta(&self, status: TaskState, result: Value) -> TaskMeta {
-        let headers = &self.message().headers;
+        let headers = &self.message.headers;
         let mut meta = TaskMeta::new(self.id(), status, result);
         meta.group_id = headers.group.clone();
         meta.parent_id = headers.parent_id.clone();
@@ -352,19 +440,15 @@ impl Execution {
         meta
     }
 
-    async fn store_error(&self, status: TaskState, error: &TaskError) {
+    async fn store_error(&self, status: TaskState, error: &TaskError) -> Result<(), Unpersisted> {
         let mut meta = self.meta(status, error.to_exception_value());
         meta.traceback = error.traceback_text().map(str::to_owned);
-        self.store_meta(meta).await;
+        self.runtime.store_outcome(meta).await
     }
 
-    async fn store_meta(&self, meta: TaskMeta) {
-        self.runtime.store(meta).await;
-    }
-
-    async fn apply_callbacks(&self, embed: &queue_core::protocol::Embed, value: &Value) {
+    async fn apply_callbacks(&self, embed: &Embed, value: &Value) -> Result<(), Unpersisted> {
         let Some(callbacks) = &embed.callbacks else {
-            return;
+            return Ok(());
         };
         let linked = callbacks.iter().cloned().map(|mut callback| {
             if !callback.immutable {
@@ -372,12 +456,12 @@ impl Execution {
             }
             callback
         });
-        self.send_linked(linked.collect()).await;
+        self.send_linked(linked.collect()).await
     }
 
-    async fn apply_errbacks(&self, embed: &queue_core::protocol::Embed) {
+    async fn apply_errbacks(&self, embed: &Embed) -> Result<(), Unpersisted> {
         let Some(errbacks) = &embed.errbacks else {
-            return;
+            return Ok(());
         };
         let id = Value::String(self.id().to_owned());
         let linked = errbacks.iter().cloned().map(|mut errback| {
@@ -386,11 +470,16 @@ impl Execution {
             }
             errback
         });
-        self.send_linked(linked.collect()).await;
+        self.send_linked(linked.collect()).await
     }
 
-    async fn send_linked(&self, signatures: Vec<Signature>) {
-        let headers = &self.message().headers;
+    /// Sends linked tasks, retrying within the persist timeout: the message is acked only
+    /// once they are sent.
+    async fn send_linked(&self, signatures: Vec<Signature>) -> Result<(), Unpersisted> {
+        if signatures.is_empty() {
+            return Ok(());
+        }
+        let headers = &self.message.headers;
         let root = headers
             .root_id
             .clone()
@@ -400,97 +489,36 @@ impl Execution {
             .map(|mut signature| {
                 signature.options.parent_id = Some(headers.id.clone());
                 signature.options.root_id = Some(root.clone());
+                // Fixed before the attempts, so that a retried send repeats the same tasks.
+                signature
+                    .options
+                    .task_id
+                    .get_or_insert_with(|| uuid::Uuid::new_v4().to_string());
                 signature
             })
             .collect();
-        if let Err(error) = self.runtime.app.send_many(prepared).await {
-            warn!(%error, "could not send linked tasks");
-        }
+        self.runtime
+            .persist("send linked tasks", || async {
+                self.runtime.app.send_many(prepared.clone()).await.map(drop)
+            })
+            .await
     }
 }
 
-/// What became of a retry request.
-enum Retry {
-    /// Sent again; runs after this delay.
-    Published(Duration),
-    /// `max_retries` reached: the task fails.
-    Exhausted,
-    /// The broker refused the new message: the original is given back instead.
-    NotPublished,
+/// What the outcome handlers of one execution share.
+struct Ending<'a> {
+    context: &'a TaskContext,
+    embed: &'a Embed,
+    ignore_result: bool,
 }
 
-enum RunResult {
-    Done(Result<Value, TaskError>),
-    Interrupted,
-}
-
-/// Runs the task future on its own tokio task (a panic fails that task only), fires the
-/// cancellation signal at the soft limit, stops the task at the hard limit, and gives up on
-/// it at a cold shutdown.
-async fn run_limited(
-    future: futures::future::BoxFuture<'static, Result<Value, TaskError>>,
-    cancellation: &CancellationToken,
-    soft_limit: Option<Duration>,
-    hard_limit: Option<Duration>,
-    cold: &CancellationToken,
-) -> RunResult {
-    let mut join = tokio::spawn(future);
-    let soft_timer = soft_limit.map(|limit| {
-        let cancellation = cancellation.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(limit).await;
-            warn!(?limit, "soft time limit exceeded: cancellation signalled");
-            cancellation.cancel();
-        })
-    });
-    let hard_deadline = async {
-        match hard_limit {
-            Some(limit) => tokio::time::sleep(limit).await,
-            None => futures::future::pending().await,
-        }
-    };
-    let result = tokio::select! {
-        joined = &mut join => RunResult::Done(match joined {
-            Ok(result) => result,
-            Err(join_error) => Err(panic_error(join_error)),
-        }),
-        () = hard_deadline => {
-            join.abort();
-            let limit = hard_limit.unwrap_or_default();
-            error!(?limit, "hard time limit exceeded: task stopped");
-            RunResult::Done(Err(TaskError::time_limit_exceeded(limit)))
-        }
-        () = cold.cancelled() => {
-            join.abort();
-            RunResult::Interrupted
-        }
-    };
-    if let Some(timer) = soft_timer {
-        timer.abort();
+/// Delays between the give-backs of a message of an unknown task: 1 s, doubling, up to 60 s.
+fn unknown_task_backoff() -> RetryPolicy {
+    RetryPolicy {
+        max_retries: None,
+        delay: Duration::from_secs(1),
+        backoff: true,
+        backoff_max: Duration::from_secs(60),
+        jitter: false,
     }
-    result
-}
-
-/// Runs a hook; a panicking hook is logged and does not take the execution down with it.
-async fn guarded(hook: impl std::future::Future<Output = ()>, name: &'static str) {
-    use futures::FutureExt;
-    if let Err(payload) = std::panic::AssertUnwindSafe(hook).catch_unwind().await {
-        error!(hook = name, panic = %panic_message(payload.as_ref()), "a hook panicked");
-    }
-}
-
-fn panic_error(join_error: tokio::task::JoinError) -> TaskError {
-    match join_error.try_into_panic() {
-        Ok(payload) => TaskError::panicked(panic_message(payload.as_ref())),
-        Err(other) => TaskError::panicked(other.to_string()),
-    }
-}
-
-/// The text of a panic payload.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|text| (*text).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic with a non-string payload".to_owned())
 }

@@ -10,8 +10,10 @@
 
 mod execute;
 mod hooks;
+mod limits;
 mod rate_limit;
 mod runtime;
+mod settle;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -24,6 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, warn};
 
+pub use execute::UNKNOWN_TASK_REQUEUES_HEADER;
 pub use hooks::{Hooks, Outcome};
 pub use runtime::{Counter, WorkerStats};
 
@@ -71,7 +74,8 @@ pub struct Worker {
     cleanup_interval: Duration,
     hooks: Vec<Arc<dyn Hooks>>,
     node_name: String,
-    requeue_unknown_tasks: bool,
+    unknown_task_requeues: Option<u32>,
+    persist_timeout: Duration,
 }
 
 /// A worker running in the background, from [`Worker::spawn`].
@@ -128,7 +132,8 @@ impl Worker {
             cleanup_interval: Duration::from_secs(3600),
             hooks: Vec::new(),
             node_name: format!("celery@{}", queue_core::app::hostname()),
-            requeue_unknown_tasks: false,
+            unknown_task_requeues: None,
+            persist_timeout: Duration::from_secs(30),
             app,
         }
     }
@@ -209,9 +214,29 @@ impl Worker {
         self
     }
 
-    /// Requeue messages of unknown tasks (for another worker) instead of dead-lettering them.
+    /// Give messages of unknown tasks back to the broker for another worker instead of
+    /// dead-lettering them at once: each time after a delay (1 s, doubling, up to 60 s), at
+    /// most 10 times (see [`Worker::unknown_task_requeues`]), then dead-lettered with their
+    /// FAILURE (`NotRegistered`) stored. Nothing is stored while they are given back, so a
+    /// client never sees a failure for a task another worker may still run.
     pub fn requeue_unknown_tasks(mut self, requeue: bool) -> Self {
-        self.requeue_unknown_tasks = requeue;
+        self.unknown_task_requeues = requeue.then_some(DEFAULT_UNKNOWN_TASK_REQUEUES);
+        self
+    }
+
+    /// How many times a message of an unknown task is given back before it is dead-lettered
+    /// (implies [`Worker::requeue_unknown_tasks`]; 0 dead-letters at once).
+    pub fn unknown_task_requeues(mut self, max: u32) -> Self {
+        self.unknown_task_requeues = Some(max);
+        self
+    }
+
+    /// How long the worker retries storing a task's outcome (and sending its callbacks)
+    /// while the result backend or broker fails, before giving the message back to the
+    /// broker unacked so that it runs again (default 30 s). The message is acked only after
+    /// its outcome is stored.
+    pub fn persist_timeout(mut self, timeout: Duration) -> Self {
+        self.persist_timeout = timeout;
         self
     }
 
@@ -288,17 +313,28 @@ impl Worker {
                 stats,
                 config: Config {
                     node_name: self.node_name.clone(),
-                    requeue_unknown_tasks: self.requeue_unknown_tasks,
+                    unknown_task_requeues: self.unknown_task_requeues,
+                    persist_timeout: self.persist_timeout,
                 },
                 cold: cold.clone(),
                 in_flight: Default::default(),
+                abandoned: Default::default(),
             });
             let background = self.spawn_background(&runtime);
             self.consume_loop(&runtime, &warm).await;
             for task in background {
                 task.abort();
             }
-            if let Err(error) = runtime.consumer.close().await {
+            let abandoned = runtime.abandoned.load(std::sync::atomic::Ordering::Acquire);
+            if abandoned > 0 {
+                // Closing (or dropping) the consumer would give their messages back while
+                // their code still runs; the broker redelivers them once this process is gone.
+                warn!(
+                    abandoned,
+                    "sync tasks still run: their messages stay with the broker until this process exits"
+                );
+                std::mem::forget(runtime.consumer.clone());
+            } else if let Err(error) = runtime.consumer.close().await {
                 warn!(%error, "closing the consumer failed");
             }
             info!(
@@ -463,6 +499,9 @@ impl Worker {
         }
     }
 }
+
+/// How often a message of an unknown task is given back by default before it is dead-lettered.
+const DEFAULT_UNKNOWN_TASK_REQUEUES: u32 = 10;
 
 fn reconnect_backoff() -> RetryPolicy {
     RetryPolicy {

@@ -5,9 +5,13 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use queue_core::{App, Consumer, Delivery, DeliveryTag, TaskMeta};
+use std::time::Duration;
+
+use queue_core::{
+    App, BackendError, BrokerError, Consumer, Delivery, DeliveryTag, RetryPolicy, TaskMeta,
+};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::hooks::Hooks;
 use crate::rate_limit::RateLimits;
@@ -16,7 +20,12 @@ use crate::rate_limit::RateLimits;
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) node_name: String,
-    pub(crate) requeue_unknown_tasks: bool,
+    /// Give messages of unknown tasks back (delayed) this many times before dead-lettering
+    /// them; `None`: dead-letter at once.
+    pub(crate) unknown_task_requeues: Option<u32>,
+    /// How long an outcome's store (or its callbacks' publish) is retried before the message
+    /// is given back instead of acked.
+    pub(crate) persist_timeout: Duration,
 }
 
 pub(crate) struct Runtime {
@@ -30,6 +39,9 @@ pub(crate) struct Runtime {
     pub(crate) cold: CancellationToken,
     /// Deliveries being handled, whose visibility the worker renews.
     pub(crate) in_flight: Mutex<HashSet<DeliveryTag>>,
+    /// Deliveries left unsettled because their code may still run (sync code at a cold
+    /// shutdown): the consumer must not give them back while this process lives.
+    pub(crate) abandoned: AtomicU64,
 }
 
 impl Runtime {
@@ -75,7 +87,9 @@ impl Runtime {
         }
     }
 
-    pub(crate) async fn store(&self, meta: TaskMeta) {
+    /// Stores a state once; a failure is logged. For states that only inform (STARTED,
+    /// RETRY): the outcome that follows is stored durably.
+    pub(crate) async fn store_once(&self, meta: TaskMeta) {
         let Some(backend) = self.app.backend() else {
             return;
         };
@@ -85,6 +99,114 @@ impl Runtime {
         } else {
             debug!(%status, "task state stored");
         }
+    }
+
+    /// Stores an outcome, retrying with backoff while the backend fails, for up to the
+    /// persist timeout (or until a cold shutdown). `Err` means the outcome is not stored and
+    /// the message must not be acked.
+    pub(crate) async fn store_outcome(&self, meta: TaskMeta) -> Result<(), Unpersisted> {
+        let Some(backend) = self.app.backend() else {
+            return Ok(());
+        };
+        let status = meta.status.clone();
+        self.persist("store the task state", || backend.store(meta.clone()))
+            .await?;
+        debug!(%status, "task state stored");
+        Ok(())
+    }
+
+    /// Runs `attempt` until it succeeds, with backoff, within the persist timeout.
+    pub(crate) async fn persist<F, Fut, E>(
+        &self,
+        what: &'static str,
+        mut attempt: F,
+    ) -> Result<(), Unpersisted>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: Transience,
+    {
+        let deadline = tokio::time::Instant::now() + self.config.persist_timeout;
+        let backoff = persist_backoff();
+        let mut failures = 0;
+        loop {
+            let error = match attempt().await {
+                Ok(()) => return Ok(()),
+                Err(error) if !error.is_transient() => {
+                    error!(%error, "could not {what}: the store refused it");
+                    return Err(Unpersisted::Refused(format!("could not {what}: {error}")));
+                }
+                Err(error) => error,
+            };
+            let delay = backoff
+                .delay_for(failures)
+                .max(PERSIST_MIN_DELAY)
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            failures += 1;
+            if delay.is_zero() || self.cold.is_cancelled() {
+                error!(%error, attempts = failures, "could not {what}; giving the message back");
+                return Err(Unpersisted::Unavailable);
+            }
+            self.stats.persist_retries.increment();
+            warn!(%error, ?delay, attempt = failures, "could not {what}; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.cold.cancelled() => {}
+            }
+        }
+    }
+}
+
+/// An outcome that could not be stored or whose follow-up could not be sent.
+#[derive(Debug)]
+pub(crate) enum Unpersisted {
+    /// The store stayed unavailable: the message is given back and runs again.
+    Unavailable,
+    /// The store refused it for good (an encoding error, a callback that cannot be sent):
+    /// running again would not help, so the message is dead-lettered with this reason.
+    Refused(String),
+}
+
+/// Whether an error may go away by itself (an outage) or will not (a refusal).
+pub(crate) trait Transience: std::fmt::Display {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transience for BackendError {
+    fn is_transient(&self) -> bool {
+        matches!(self, BackendError::Unavailable(_) | BackendError::Other(_))
+    }
+}
+
+impl Transience for BrokerError {
+    fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::Unavailable(_) | BrokerError::Refused(_) | BrokerError::Closed
+        )
+    }
+}
+
+impl Transience for queue_core::Error {
+    fn is_transient(&self) -> bool {
+        match self {
+            queue_core::Error::Broker(error) => error.is_transient(),
+            queue_core::Error::Backend(error) => error.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// The shortest wait between two attempts at storing an outcome (full jitter may pick ~0).
+const PERSIST_MIN_DELAY: Duration = Duration::from_millis(50);
+
+fn persist_backoff() -> RetryPolicy {
+    RetryPolicy {
+        max_retries: None,
+        delay: Duration::from_millis(100),
+        backoff: true,
+        backoff_max: Duration::from_secs(5),
+        jitter: true,
     }
 }
 
@@ -120,4 +242,12 @@ pub struct WorkerStats {
     pub revoked: Counter,
     /// Messages moved to a dead-letter place.
     pub dead_lettered: Counter,
+    /// Attempts at storing an outcome (or sending its callbacks) that failed and were retried.
+    pub persist_retries: Counter,
+    /// Messages given back to the broker, unacked, because their outcome could not be stored
+    /// or their callbacks not sent: they run again.
+    pub given_back: Counter,
+    /// Sync task bodies the worker stopped waiting for (hard time limit, cold shutdown) while
+    /// they still ran on their threads.
+    pub abandoned: Counter,
 }

@@ -109,11 +109,11 @@ impl QueueState {
 
 /// Converts a wall-clock time into the monotonic clock, so that tokio's paused time works.
 fn instant_of(when: DateTime<FixedOffset>) -> Instant {
-    let delta = when - time::now();
-    match delta.to_std() {
-        Ok(ahead) => Instant::now() + ahead,
-        Err(_) => Instant::now(),
-    }
+    let now = Instant::now();
+    let ahead = time::until(when);
+    // A year-9999 eta is about 2.5e11 s away: far, but checked all the same.
+    now.checked_add(ahead)
+        .unwrap_or_else(|| now + Duration::from_secs(u64::from(u32::MAX)))
 }
 
 impl MemoryBroker {
@@ -169,6 +169,24 @@ impl MemoryBroker {
         }
     }
 
+    /// Publishing: into the queues, or the delayed store for a future eta.
+    fn put(&self, messages: Vec<Publish>) {
+        let now = time::now();
+        for publish in messages {
+            let eta = publish.message.headers.eta.filter(|eta| *eta > now);
+            let stored = Stored {
+                content: Ok(publish.message),
+                redelivered: false,
+                dead_letter: None,
+            };
+            match eta {
+                Some(eta) => self.delay(&publish.queue, stored, instant_of(eta)),
+                None => self.push(&publish.queue, stored, false),
+            }
+        }
+        self.shared.changed.notify_waiters();
+    }
+
     fn delay(&self, queue: &str, stored: Stored, due: Instant) {
         let sequence = self.shared.next_sequence.fetch_add(1, Ordering::Relaxed);
         self.lock().delayed.push(Reverse(Delayed {
@@ -203,20 +221,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn publish(&self, messages: Vec<Publish>) -> Result<(), BrokerError> {
-        let now = time::now();
-        for publish in messages {
-            let eta = publish.message.headers.eta.filter(|eta| *eta > now);
-            let stored = Stored {
-                content: Ok(publish.message),
-                redelivered: false,
-                dead_letter: None,
-            };
-            match eta {
-                Some(eta) => self.delay(&publish.queue, stored, instant_of(eta)),
-                None => self.push(&publish.queue, stored, false),
-            }
-        }
-        self.shared.changed.notify_waiters();
+        self.put(messages);
         Ok(())
     }
 
@@ -465,6 +470,17 @@ impl Consumer for MemoryConsumer {
         let (queue, stored) = self.take_unacked(delivery)?;
         self.broker.delay(&queue, stored, instant_of(until));
         self.broker.shared.changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn republish_and_ack(
+        &self,
+        delivery: &Delivery,
+        replacement: Publish,
+    ) -> Result<(), BrokerError> {
+        // No await between the two: nothing can come between them in this process.
+        self.take_unacked(delivery)?;
+        self.broker.put(vec![replacement]);
         Ok(())
     }
 
