@@ -352,7 +352,7 @@ impl Worker {
     async fn connect(&self, warm: &CancellationToken) -> Option<Arc<dyn Consumer>> {
         let options = ConsumeOptions::new(self.queues.clone())
             .order(self.order.clone())
-            .prefetch(self.concurrency + self.prefetch);
+            .prefetch(self.concurrency.saturating_add(self.prefetch));
         let backoff = reconnect_backoff();
         let mut attempt = 0;
         loop {
@@ -428,7 +428,7 @@ impl Worker {
             };
             while running.try_join_next().is_some() {}
             if buffer.is_empty() {
-                let want = slots.available_permits() + 1 + self.prefetch;
+                let want = (slots.available_permits() + 1).saturating_add(self.prefetch);
                 // `fetch` is cancel-safe (see `Consumer::fetch`): shutdown need not wait for it.
                 let fetched = tokio::select! {
                     biased;

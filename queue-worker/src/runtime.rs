@@ -126,7 +126,11 @@ impl Runtime {
         Fut: std::future::Future<Output = Result<(), E>>,
         E: Transience,
     {
-        let deadline = tokio::time::Instant::now() + self.config.persist_timeout;
+        let now = tokio::time::Instant::now();
+        // A timeout too large for the clock means "retry for as long as it takes".
+        let deadline = now
+            .checked_add(self.config.persist_timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(u64::from(u32::MAX)));
         let backoff = persist_backoff();
         let mut failures = 0;
         loop {
