@@ -26,17 +26,8 @@ struct Setup {
 
 fn setup(broker_variable: &str) -> Option<Setup> {
     let python = python::python()?;
-    let ci = std::env::var("CI").is_ok_and(|value| value == "true");
-    let variable = |name: &str| match std::env::var(name) {
-        Ok(value) => Some(value),
-        Err(_) if ci => panic!("{name} is not set under CI: run `cargo xtask test`"),
-        Err(_) => {
-            eprintln!("skipped: {name} not set (use `cargo xtask test`)");
-            None
-        }
-    };
-    let broker = variable(broker_variable)?;
-    let backend = variable("QUEUE_TEST_REDIS_URL")?;
+    let broker = queue_core::conformance::server_url(broker_variable)?;
+    let backend = queue_core::conformance::server_url("QUEUE_TEST_REDIS_URL")?;
     Some(Setup {
         python,
         broker,

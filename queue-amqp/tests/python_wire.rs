@@ -14,18 +14,9 @@ use queue_core::broker::{Broker, ConsumeOptions, Publish};
 use queue_core::conformance::broker::message;
 use serde_json::{Value, json};
 
+/// The venv's Python: skipped without it, failing under CI.
 fn python() -> Option<String> {
-    match std::env::var("QUEUE_TEST_PYTHON") {
-        Ok(python) => Some(python),
-        Err(_) => {
-            assert!(
-                !common::under_ci(),
-                "QUEUE_TEST_PYTHON is not set under CI: run `cargo xtask test`"
-            );
-            eprintln!("skipped: QUEUE_TEST_PYTHON not set (use `cargo xtask test`)");
-            None
-        }
-    }
+    queue_core::conformance::server_url("QUEUE_TEST_PYTHON")
 }
 
 /// Runs `script` with the venv's Python; `argv[1]` is the broker URL, `argv[2]` the queue.

@@ -26,17 +26,9 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// `QUEUE_TEST_REDIS_URL`: skipped without it, failing under CI (`CI=true` or `CI=1`).
 fn redis_url() -> Option<String> {
-    match std::env::var("QUEUE_TEST_REDIS_URL") {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var("CI").is_ok_and(|value| value == "true") => {
-            panic!("QUEUE_TEST_REDIS_URL is not set under CI: run `cargo xtask test`")
-        }
-        Err(_) => {
-            eprintln!("skipped: QUEUE_TEST_REDIS_URL not set (use `cargo xtask test`)");
-            None
-        }
-    }
+    queue_core::conformance::server_url("QUEUE_TEST_REDIS_URL")
 }
 
 fn unique(label: &str) -> String {

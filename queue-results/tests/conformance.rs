@@ -16,21 +16,18 @@ mod postgres {
 
     use super::common;
 
-    queue_core::backend_conformance_tests!({
-        // Evaluated at the start of each test: without a server, the test ends here.
-        let Some(url) = common::postgres_url() else {
-            return;
+    queue_core::backend_conformance_tests!(server = common::POSTGRES_VARIABLE, |url: String,
+                                                                                expiry: Option<
+        Duration,
+    >| async move {
+        let options = match expiry {
+            Some(expiry) => SqlOptions::default().expiry(Some(expiry)),
+            None => SqlOptions::default(),
         };
-        move |expiry: Option<Duration>| async move {
-            let options = match expiry {
-                Some(expiry) => SqlOptions::default().expiry(Some(expiry)),
-                None => SqlOptions::default(),
-            };
-            let backend = PostgresBackend::connect_with(&url, options)
-                .await
-                .unwrap_or_else(|error| panic!("connect to PostgreSQL: {error}"));
-            Arc::new(backend)
-        }
+        let backend = PostgresBackend::connect_with(&url, options)
+            .await
+            .unwrap_or_else(|error| panic!("connect to PostgreSQL: {error}"));
+        Arc::new(backend)
     });
 }
 

@@ -9,18 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The venv's Python, or `None` to skip (a failure under CI).
+/// The venv's Python, or `None` to skip (a failure under CI, `CI=true` or `CI=1`).
 pub fn python() -> Option<PathBuf> {
-    match std::env::var("QUEUE_TEST_PYTHON") {
-        Ok(path) => Some(PathBuf::from(path)),
-        Err(_) if std::env::var("CI").is_ok_and(|value| value == "true") => {
-            panic!("QUEUE_TEST_PYTHON is not set under CI: run the tests with `cargo xtask test`")
-        }
-        Err(_) => {
-            eprintln!("skipped: QUEUE_TEST_PYTHON not set (use `cargo xtask test`)");
-            None
-        }
-    }
+    queue_core::conformance::server_url("QUEUE_TEST_PYTHON").map(PathBuf::from)
 }
 
 /// `examples/python` of the workspace, where `tasks.py` lives (this file is also used by the

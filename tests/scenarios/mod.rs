@@ -35,59 +35,28 @@ impl Urls {
         }
     }
 
-    /// URLs from environment variables set by `cargo xtask test`. When they are missing the
-    /// scenario is skipped — except under CI (`CI=true`), where that is a failure.
+    /// URLs from environment variables set by `cargo xtask test`. When one is missing the
+    /// scenario is skipped — except under CI (`CI=true` or `CI=1`), where that is a failure
+    /// ([`queue_core::conformance::server_url`]).
     pub fn from_env(broker_variable: &str, backend_variable: &str) -> Option<Self> {
-        let broker = std::env::var(broker_variable).ok();
-        let backend = std::env::var(backend_variable).ok();
-        match (broker, backend) {
-            (Some(broker), Some(backend)) => Some(Self::new(broker, backend)),
-            _ if std::env::var("CI").is_ok_and(|value| value == "true") => panic!(
-                "{broker_variable} / {backend_variable} are not set under CI: \
-                 run the tests with `cargo xtask test`"
-            ),
-            _ => {
-                eprintln!(
-                    "skipped: {broker_variable} / {backend_variable} not set (use `cargo xtask test`)"
-                );
-                None
-            }
-        }
+        let broker = queue_core::conformance::server_url(broker_variable)?;
+        let backend = queue_core::conformance::server_url(backend_variable)?;
+        Some(Self::new(broker, backend))
     }
-}
 
-impl Urls {
     /// A fixed broker URL and the backend URL from an environment variable, skipped or
     /// failing like [`Urls::from_env`] when it is missing.
     pub fn backend_from_env(broker: &str, backend_variable: &str) -> Option<Self> {
-        match std::env::var(backend_variable) {
-            Ok(backend) => Some(Self::new(broker, backend)),
-            Err(_) if std::env::var("CI").is_ok_and(|value| value == "true") => panic!(
-                "{backend_variable} is not set under CI: run the tests with `cargo xtask test`"
-            ),
-            Err(_) => {
-                eprintln!("skipped: {backend_variable} not set (use `cargo xtask test`)");
-                None
-            }
-        }
+        let backend = queue_core::conformance::server_url(backend_variable)?;
+        Some(Self::new(broker, backend))
     }
-}
 
-impl Urls {
     /// The broker URL from an environment variable and a fixed backend URL (e.g.
     /// `memory://`, which works because every scenario uses one app for producer and
     /// worker), skipped or failing like [`Urls::from_env`] when the variable is missing.
     pub fn from_env_with_backend(broker_variable: &str, backend: &str) -> Option<Self> {
-        match std::env::var(broker_variable) {
-            Ok(broker) => Some(Self::new(broker, backend)),
-            Err(_) if std::env::var("CI").is_ok_and(|value| value == "true") => panic!(
-                "{broker_variable} is not set under CI: run the tests with `cargo xtask test`"
-            ),
-            Err(_) => {
-                eprintln!("skipped: {broker_variable} not set (use `cargo xtask test`)");
-                None
-            }
-        }
+        let broker = queue_core::conformance::server_url(broker_variable)?;
+        Some(Self::new(broker, backend))
     }
 }
 

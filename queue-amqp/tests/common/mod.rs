@@ -6,7 +6,6 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The variable `cargo xtask test` sets.
@@ -16,24 +15,10 @@ pub const URL_VARIABLE: &str = "QUEUE_TEST_AMQP_URL";
 /// not pile up queues in the shared server.
 pub const TEST_OPTIONS: &str = "queue_expires=600000";
 
-pub fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true")
-}
-
 /// `QUEUE_TEST_AMQP_URL` with `query` added (may be empty). Missing: `None` with a
-/// message, or a panic under CI.
+/// `skipped:` line, or a panic under CI ([`queue_core::conformance::server_url`]).
 pub fn amqp_url(query: &str) -> Option<String> {
-    let Ok(base) = std::env::var(URL_VARIABLE) else {
-        assert!(
-            !under_ci(),
-            "{URL_VARIABLE} is not set under CI: run the tests with `cargo xtask test`"
-        );
-        eprintln!(
-            "skipped: {URL_VARIABLE} not set (run `cargo xtask test`, or \
-             `cargo xtask services up rabbitmq` and export it)"
-        );
-        return None;
-    };
+    let base = queue_core::conformance::server_url(URL_VARIABLE)?;
     Some(with_query(&base, query))
 }
 
@@ -49,12 +34,6 @@ pub fn with_query(url: &str, query: &str) -> String {
     );
     url.set_query(Some(&pairs.join("&")));
     url.to_string()
-}
-
-/// Stand-in when RabbitMQ is not configured: the conformance macro has no way to skip, so
-/// the checks then run against the in-memory broker (the message above says so).
-pub fn skipped_broker() -> Arc<dyn queue_core::Broker> {
-    Arc::new(queue_core::MemoryBroker::new())
 }
 
 /// A unique name for a test's queue.
@@ -97,9 +76,8 @@ impl PrivateRabbit {
     /// not installed or we are not root (the Debian scripts switch to the `rabbitmq` user).
     pub fn start() -> Option<Self> {
         let (Some(_), Some(_)) = (sbin("rabbitmq-server"), sbin("rabbitmqctl")) else {
-            assert!(!under_ci(), "rabbitmq-server is not installed under CI");
-            eprintln!(
-                "skipped: rabbitmq-server is not installed (`cargo xtask services up rabbitmq`)"
+            queue_core::conformance::skip_or_fail(
+                "rabbitmq-server is not installed (`cargo xtask services up rabbitmq`)",
             );
             return None;
         };
@@ -119,12 +97,10 @@ impl PrivateRabbit {
             .arg(&rabbit.dir)
             .status()
             .is_ok_and(|status| status.success());
-        assert!(
-            owned || !under_ci(),
-            "cannot chown the node's directory to rabbitmq"
-        );
         if !owned {
-            eprintln!("skipped: cannot give the node's directory to user rabbitmq (not root?)");
+            queue_core::conformance::skip_or_fail(
+                "cannot give the node's directory to user rabbitmq (not root?)",
+            );
             return None;
         }
         rabbit.boot();

@@ -20,15 +20,22 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //!
-//! async fn broker() -> Arc<queue_redis::RedisBroker> {
-//!     Arc::new(queue_redis::RedisBroker::connect("redis://127.0.0.1/0").await.unwrap())
-//! }
-//!
-//! queue_core::broker_conformance_tests!(broker());
-//! queue_core::backend_conformance_tests!(|expiry: Option<Duration>| async move {
-//!     Arc::new(queue_redis::RedisBackend::connect("redis://127.0.0.1/1", expiry).await.unwrap())
+//! queue_core::broker_conformance_tests!(server = "QUEUE_TEST_REDIS_URL", |url: String| async move {
+//!     Arc::new(queue_redis::RedisBroker::connect(&url).await.unwrap())
 //! });
+//! queue_core::backend_conformance_tests!(
+//!     server = "QUEUE_TEST_REDIS_URL",
+//!     |url: String, expiry: Option<Duration>| async move {
+//!         Arc::new(queue_redis::RedisBackend::connect(&url, expiry).await.unwrap())
+//!     }
+//! );
 //! ```
+//!
+//! With `server = "VARIABLE"`, every test first asks [`server_url`] for the variable: set, the
+//! factory gets its value; unset, the test prints `skipped: VARIABLE is not set` and returns
+//! (and fails under CI, `CI=true` or `CI=1`). A server's suite therefore never runs against
+//! something else under the server's name. [`server`] holds that decision for the other
+//! tests of the workspace too.
 //!
 //! See [`broker_conformance_tests!`](crate::broker_conformance_tests) and
 //! [`backend_conformance_tests!`](crate::backend_conformance_tests). The driver crate needs
@@ -37,6 +44,9 @@
 
 pub mod backend;
 pub mod broker;
+pub mod server;
+
+pub use server::{is_ci, server_url, skip_or_fail};
 
 use std::time::Duration;
 
@@ -88,13 +98,41 @@ pub mod __private {
 /// # fn main() {}
 /// ```
 ///
+/// For a broker on a server, `server = "VARIABLE", factory` names the environment variable
+/// holding the server's URL and a closure `|url: String| future` making the broker from it.
+/// Each test then skips (or fails under CI) when the variable is not set, through
+/// [`server_url`](crate::conformance::server_url): it never runs on a stand-in.
+///
+/// ```
+/// // tests/conformance.rs of a broker crate on a server
+/// use std::sync::Arc;
+/// # struct Rabbit(queue_core::MemoryBroker);
+/// # impl Rabbit { async fn connect(_url: &str) -> queue_core::MemoryBroker { queue_core::MemoryBroker::new() } }
+///
+/// queue_core::broker_conformance_tests!(server = "QUEUE_TEST_AMQP_URL", |url: String| async move {
+///     Arc::new(Rabbit::connect(&url).await)
+/// });
+/// # fn main() {}
+/// ```
+///
 /// Tests run on tokio's multi-threaded runtime (two worker threads); the calling crate needs
 /// no tokio features of its own.
 #[macro_export]
 macro_rules! broker_conformance_tests {
+    (server = $variable:expr, $factory:expr $(,)?) => {
+        $crate::__broker_checks! { (@server $variable, $factory) }
+    };
     ($factory:expr $(,)?) => {
+        $crate::__broker_checks! { (@local $factory) }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __broker_checks {
+    ($make:tt) => {
         $crate::__broker_conformance_tests! {
-            $factory;
+            $make;
             publish_consume_round_trip,
             fifo_within_priority,
             higher_priority_first,
@@ -141,13 +179,29 @@ macro_rules! broker_conformance_tests {
 /// # fn main() {}
 /// ```
 ///
+/// For a backend on a server, `server = "VARIABLE", factory` names the environment variable
+/// holding the server's URL and a closure `|url: String, expiry: Option<Duration>| future`
+/// making the backend. Each test then skips (or fails under CI) when the variable is not
+/// set, through [`server_url`](crate::conformance::server_url).
+///
 /// Tests run on tokio's multi-threaded runtime (two worker threads); the calling crate needs
 /// no tokio features of its own.
 #[macro_export]
 macro_rules! backend_conformance_tests {
+    (server = $variable:expr, $factory:expr $(,)?) => {
+        $crate::__backend_checks! { (@server $variable, $factory) }
+    };
     ($factory:expr $(,)?) => {
+        $crate::__backend_checks! { (@local $factory) }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __backend_checks {
+    ($make:tt) => {
         $crate::__backend_conformance_tests! {
-            $factory;
+            $make;
             unknown_id_is_none,
             store_get_round_trip,
             failure_meta_round_trip,
@@ -161,10 +215,26 @@ macro_rules! backend_conformance_tests {
     };
 }
 
+/// The subject of one test: an expression, in the test's body, that returns from the test
+/// (after the skip line) when the server's variable is not set.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_subject {
+    ((@local $factory:expr) $($argument:expr)?) => {
+        ($factory)$(($argument))?.await
+    };
+    ((@server $variable:expr, $factory:expr) $($argument:expr)?) => {{
+        let ::core::option::Option::Some(url) = $crate::conformance::server_url($variable) else {
+            return;
+        };
+        ($factory)(url $(, $argument)?).await
+    }};
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __broker_conformance_tests {
-    ($factory:expr; $($check:ident),* $(,)?) => {
+    ($make:tt; $($check:ident),* $(,)?) => {
         mod broker_conformance {
             #[allow(unused_imports)]
             use super::*;
@@ -173,7 +243,8 @@ macro_rules! __broker_conformance_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $check() {
-                    let broker: ::std::sync::Arc<dyn $crate::Broker> = ($factory).await;
+                    let broker: ::std::sync::Arc<dyn $crate::Broker> =
+                        $crate::__conformance_subject!($make);
                     let prefix = $crate::conformance::unique_prefix(stringify!($check));
                     $crate::conformance::broker::$check(broker, &prefix).await;
                 }
@@ -185,7 +256,7 @@ macro_rules! __broker_conformance_tests {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __backend_conformance_tests {
-    ($factory:expr; $($check:ident),* $(,)?) => {
+    ($make:tt; $($check:ident),* $(,)?) => {
         mod backend_conformance {
             #[allow(unused_imports)]
             use super::*;
@@ -194,9 +265,8 @@ macro_rules! __backend_conformance_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $check() {
-                    let factory = $factory;
                     let backend: ::std::sync::Arc<dyn $crate::ResultBackend> =
-                        factory(::core::option::Option::None).await;
+                        $crate::__conformance_subject!($make ::core::option::Option::None);
                     let prefix = $crate::conformance::unique_prefix(stringify!($check));
                     $crate::conformance::backend::$check(backend, &prefix).await;
                 }
@@ -204,10 +274,9 @@ macro_rules! __backend_conformance_tests {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn results_expire() {
-                let factory = $factory;
-                let backend: ::std::sync::Arc<dyn $crate::ResultBackend> =
-                    factory(::core::option::Option::Some($crate::conformance::backend::EXPIRY))
-                        .await;
+                let backend: ::std::sync::Arc<dyn $crate::ResultBackend> = $crate::__conformance_subject!(
+                    $make ::core::option::Option::Some($crate::conformance::backend::EXPIRY)
+                );
                 let prefix = $crate::conformance::unique_prefix("results_expire");
                 $crate::conformance::backend::results_expire(backend, &prefix).await;
             }

@@ -5,47 +5,28 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The variable `cargo xtask test` sets.
 pub const URL_VARIABLE: &str = "QUEUE_TEST_REDIS_URL";
 
 fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true")
+    queue_core::conformance::is_ci()
 }
 
 /// `QUEUE_TEST_REDIS_URL` with database `db` and the query `query` (may be empty). Missing:
-/// `None` with a message, or a panic under CI.
+/// `None` with a `skipped:` line, or a panic under CI ([`queue_core::conformance::server_url`]).
 pub fn redis_url(db: u8, query: &str) -> Option<String> {
-    let Ok(base) = std::env::var(URL_VARIABLE) else {
-        assert!(
-            !under_ci(),
-            "{URL_VARIABLE} is not set under CI: run the tests with `cargo xtask test`"
-        );
-        eprintln!(
-            "skipped: {URL_VARIABLE} not set (run `cargo xtask test`, or `cargo xtask services up redis` and export it)"
-        );
-        return None;
-    };
-    let mut url = url::Url::parse(&base).expect("QUEUE_TEST_REDIS_URL is a URL");
+    let base = queue_core::conformance::server_url(URL_VARIABLE)?;
+    Some(with_db(&base, db, query))
+}
+
+/// `base` with database `db` and the query `query` (may be empty).
+pub fn with_db(base: &str, db: u8, query: &str) -> String {
+    let mut url = url::Url::parse(base).expect("QUEUE_TEST_REDIS_URL is a URL");
     url.set_path(&format!("/{db}"));
     url.set_query((!query.is_empty()).then_some(query));
-    Some(url.to_string())
-}
-
-/// Stand-in when Redis is not configured: the conformance macros have no way to skip, so the
-/// checks then run against the in-memory broker (the message above says they were skipped).
-pub fn skipped_broker() -> Arc<dyn queue_core::Broker> {
-    Arc::new(queue_core::MemoryBroker::new())
-}
-
-/// See [`skipped_broker`].
-pub fn skipped_backend(expiry: Option<Duration>) -> Arc<dyn queue_core::ResultBackend> {
-    Arc::new(match expiry {
-        Some(expiry) => queue_core::MemoryBackend::with_expiry(Some(expiry)),
-        None => queue_core::MemoryBackend::new(),
-    })
+    url.to_string()
 }
 
 /// A redis-server of the test's own, on a free port, append-only with fsync on every write,

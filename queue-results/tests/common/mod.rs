@@ -5,21 +5,14 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// `QUEUE_TEST_POSTGRES_URL`, set by `cargo xtask test`. Missing: `None` with a message, or a
-/// panic under CI (`CI=true`), where a missing server is a failure.
+/// The variable `cargo xtask test` sets to the PostgreSQL server's URL.
+pub const POSTGRES_VARIABLE: &str = "QUEUE_TEST_POSTGRES_URL";
+
+/// `QUEUE_TEST_POSTGRES_URL`. Missing: `None` with a `skipped:` line, or a panic under CI
+/// (`CI=true` or `CI=1`), where a missing server is a failure
+/// ([`queue_core::conformance::server_url`]).
 pub fn postgres_url() -> Option<String> {
-    match std::env::var("QUEUE_TEST_POSTGRES_URL") {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var("CI").is_ok_and(|value| value == "true") => {
-            panic!(
-                "QUEUE_TEST_POSTGRES_URL is not set under CI: run the tests with `cargo xtask test`"
-            )
-        }
-        Err(_) => {
-            eprintln!("skipped: QUEUE_TEST_POSTGRES_URL not set (use `cargo xtask test`)");
-            None
-        }
-    }
+    queue_core::conformance::server_url(POSTGRES_VARIABLE)
 }
 
 /// `label-<pid>-<ns>-<n>`: a name no other call, test or run uses (ids, files).
