@@ -14,6 +14,7 @@
 //! - messages with a future `eta`, and deferred ones, are held by the broker until due and
 //!   are not counted by `queue_length`;
 //! - `dead_letter` moves a message to where `dead_letters` lists it, with the reason;
+//! - `republish_and_ack` replaces a delivery in one step (or is `Unsupported`);
 //! - `purge` removes ready messages; a batch of 1000 is delivered exactly once to two
 //!   concurrent consumers.
 
@@ -27,6 +28,9 @@ use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
 use super::{CLOCK_TOLERANCE, later, now};
+
+mod replace;
+pub use replace::republish_and_ack_replaces_the_original;
 use crate::broker::{Broker, ConsumeOptions, Consumer, Delivery, Publish, QueueLength, QueueOrder};
 use crate::protocol::time::parse_timestamp;
 use crate::protocol::{Headers, Message, Properties, TaskBody, TimeLimit};

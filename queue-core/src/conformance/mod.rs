@@ -150,6 +150,7 @@ macro_rules! __broker_checks {
             queue_length_by_priority,
             purge_removes_ready,
             batch_delivered_exactly_once,
+            republish_and_ack_replaces_the_original,
         }
     };
 }
