@@ -12,7 +12,7 @@
 //! | `dead_letter_rejected=true` | false | also declare task queues with `x-dead-letter-exchange`, so that RabbitMQ dead-letters rejected and expired messages (from any client) |
 //! | `delay_prefix=NAME` | `queue.delay` | prefix of the delay exchanges and queues |
 //! | `publish_channels=N` | 4 | publisher channels shared by concurrent producers |
-//! | `publish_timeout=S` | 30 | how long a publish retries through reconnections |
+//! | `publish_timeout=S` | 30 | how long a publish retries through reconnections (0 to 86400 s) |
 //! | `tls_ca_file=PATH` | system roots | PEM file with the CA that signed the server's certificate (`amqps://`) |
 //!
 //! Queue arguments must match how the queue was first declared, by any client: RabbitMQ
@@ -163,11 +163,7 @@ impl AmqpConfig {
                 self.publish_channels = channels.clamp(1, 64);
             }
             "publish_timeout" => {
-                let seconds: f64 = value.parse().map_err(|_| invalid("expected seconds"))?;
-                if !seconds.is_finite() || seconds < 0.0 {
-                    return Err(invalid("expected seconds"));
-                }
-                self.publish_timeout = Duration::from_secs_f64(seconds);
+                self.publish_timeout = parse_seconds(value).map_err(invalid)?;
             }
             "tls_ca_file" => self.tls_ca_file = Some(PathBuf::from(value)),
             _ => passed_on.push((key.to_owned(), value.to_owned())),
@@ -193,6 +189,24 @@ impl AmqpConfig {
     /// Prefix of the delay exchanges and queues.
     pub fn delay_prefix(&self) -> &str {
         &self.delay_prefix
+    }
+}
+
+/// Longest publish timeout accepted: a day is already "retry for ever" for a producer; the
+/// bound keeps the deadline arithmetic far from overflow.
+const MAX_PUBLISH_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// A number of seconds from a URL option: finite, non-negative, at most
+/// [`MAX_PUBLISH_TIMEOUT`]. `Duration::from_secs_f64` would panic on NaN, negative or huge
+/// values; this says what is wrong instead.
+fn parse_seconds(value: &str) -> Result<Duration, &'static str> {
+    let seconds: f64 = value.trim().parse().map_err(|_| "expected seconds")?;
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err("expected a finite, non-negative number of seconds");
+    }
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(duration) if duration <= MAX_PUBLISH_TIMEOUT => Ok(duration),
+        _ => Err("expected at most 86400 seconds (a day)"),
     }
 }
 
@@ -261,9 +275,10 @@ impl AmqpBrokerBuilder {
         self
     }
 
-    /// How long a publish retries through reconnections before it fails.
+    /// How long a publish retries through reconnections before it fails (at most a day;
+    /// longer is taken as a day).
     pub fn publish_timeout(mut self, timeout: Duration) -> Self {
-        self.config.publish_timeout = timeout;
+        self.config.publish_timeout = timeout.min(MAX_PUBLISH_TIMEOUT);
         self
     }
 
@@ -335,5 +350,45 @@ mod tests {
         }
         let debug = format!("{:?}", config("amqp://u:hunter2@h/").unwrap());
         assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn publish_timeout_out_of_range_is_a_clear_error_not_a_panic() {
+        for value in [
+            "NaN", "nan", "inf", "-inf", "-1", "-0.5", "1e300", "1e20", "86401", "x", "",
+        ] {
+            let url = format!("amqp://u:hunter2@h/?publish_timeout={value}");
+            let error = config(&url).expect_err(&url).to_string();
+            assert!(error.contains("publish_timeout"), "{error}");
+            assert!(error.contains("seconds"), "{error}");
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+        for (value, expected) in [
+            ("0", Duration::ZERO),
+            ("2.5", Duration::from_millis(2500)),
+            ("86400", MAX_PUBLISH_TIMEOUT),
+        ] {
+            let url = format!("amqp://h/?publish_timeout={value}");
+            assert_eq!(config(&url).unwrap().publish_timeout, expected, "{value}");
+        }
+        let builder = AmqpBrokerBuilder::new("amqp://h/")
+            .unwrap()
+            .publish_timeout(Duration::MAX);
+        assert_eq!(builder.config().publish_timeout, MAX_PUBLISH_TIMEOUT);
+    }
+
+    #[test]
+    fn numeric_options_out_of_range_are_errors() {
+        for url in [
+            "amqp://h/?max_priority=256",
+            "amqp://h/?max_priority=-1",
+            "amqp://h/?queue_expires=-1",
+            "amqp://h/?queue_expires=4294967296",
+            "amqp://h/?queue_expires=0",
+            "amqp://h/?publish_channels=-1",
+            "amqp://h/?publish_channels=18446744073709551616",
+        ] {
+            config(url).expect_err(url);
+        }
     }
 }

@@ -50,10 +50,36 @@ pub(crate) fn json_to_table(map: &Map<String, Value>) -> FieldTable {
     table
 }
 
-/// An AMQP value as JSON. Timestamps become seconds; decimals become floats; byte arrays
-/// and long strings become (lossy) UTF-8 strings.
-pub(crate) fn amqp_to_json(value: &AMQPValue) -> Value {
-    match value {
+/// How deep header tables and arrays may nest. Celery's headers nest two or three levels;
+/// the bound keeps a hostile message from exhausting the stack here or in serde.
+const MAX_DEPTH: usize = 32;
+
+/// Why a header value does not convert, and where (path segments, innermost first).
+#[derive(Debug)]
+struct ValueError {
+    path: Vec<String>,
+    reason: String,
+}
+
+impl std::fmt::Display for ValueError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            return formatter.write_str(&self.reason);
+        }
+        let path: Vec<&str> = self.path.iter().rev().map(String::as_str).collect();
+        write!(formatter, "header `{}`: {}", path.join(""), self.reason)
+    }
+}
+
+fn refuse(reason: impl Into<String>) -> ValueError {
+    ValueError {
+        path: Vec::new(),
+        reason: reason.into(),
+    }
+}
+
+fn to_json(value: &AMQPValue, depth: usize) -> Result<Value, ValueError> {
+    Ok(match value {
         AMQPValue::Boolean(flag) => Value::Bool(*flag),
         AMQPValue::ShortShortInt(number) => Value::from(*number),
         AMQPValue::ShortShortUInt(number) => Value::from(*number),
@@ -62,37 +88,78 @@ pub(crate) fn amqp_to_json(value: &AMQPValue) -> Value {
         AMQPValue::LongInt(number) => Value::from(*number),
         AMQPValue::LongUInt(number) => Value::from(*number),
         AMQPValue::LongLongInt(number) => Value::from(*number),
-        AMQPValue::Float(number) => float(f64::from(*number)),
-        AMQPValue::Double(number) => float(*number),
+        AMQPValue::Float(number) => float(f64::from(*number))?,
+        AMQPValue::Double(number) => float(*number)?,
         AMQPValue::DecimalValue(decimal) => {
-            float(f64::from(decimal.value) / 10f64.powi(i32::from(decimal.scale)))
+            float(f64::from(decimal.value) / 10f64.powi(i32::from(decimal.scale)))?
         }
         AMQPValue::ShortString(text) => Value::String(text.as_str().to_owned()),
-        AMQPValue::LongString(text) => {
-            Value::String(String::from_utf8_lossy(text.as_bytes()).into_owned())
-        }
-        AMQPValue::FieldArray(items) => {
-            Value::Array(items.as_slice().iter().map(amqp_to_json).collect())
-        }
+        AMQPValue::LongString(text) => utf8(text.as_bytes())?,
+        AMQPValue::ByteArray(bytes) => utf8(bytes.as_slice())?,
         AMQPValue::Timestamp(seconds) => Value::from(*seconds),
-        AMQPValue::FieldTable(table) => Value::Object(table_to_json(table)),
-        AMQPValue::ByteArray(bytes) => {
-            Value::String(String::from_utf8_lossy(bytes.as_slice()).into_owned())
-        }
         AMQPValue::Void => Value::Null,
+        AMQPValue::FieldArray(items) => {
+            let depth = nested(depth)?;
+            let items = items.as_slice().iter().enumerate().map(|(index, item)| {
+                to_json(item, depth).map_err(|mut error| {
+                    error.path.push(format!("[{index}]"));
+                    error
+                })
+            });
+            Value::Array(items.collect::<Result<_, _>>()?)
+        }
+        AMQPValue::FieldTable(table) => Value::Object(table_json(table, nested(depth)?, ".")?),
+    })
+}
+
+fn nested(depth: usize) -> Result<usize, ValueError> {
+    if depth >= MAX_DEPTH {
+        return Err(refuse(format!(
+            "tables and arrays nest deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    Ok(depth + 1)
+}
+
+fn float(number: f64) -> Result<Value, ValueError> {
+    Number::from_f64(number)
+        .map(Value::Number)
+        .ok_or_else(|| refuse(format!("{number} is not a finite number")))
+}
+
+fn utf8(bytes: &[u8]) -> Result<Value, ValueError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Ok(Value::String(text.to_owned())),
+        Err(error) => Err(refuse(format!("the bytes are not UTF-8 text ({error})"))),
     }
 }
 
-fn float(number: f64) -> Value {
-    Number::from_f64(number).map_or(Value::Null, Value::Number)
+/// An AMQP field table as a JSON object. Timestamps become seconds; decimals become floats;
+/// long strings and byte arrays become strings.
+///
+/// Refuses what a Celery header cannot mean and JSON cannot hold faithfully: NaN and
+/// infinite numbers, bytes that are not UTF-8 (a lossy conversion would silently change a
+/// task name or id), nesting deeper than [`MAX_DEPTH`]. The error names the header's path,
+/// e.g. ``header `timelimit[0]`: NaN is not a finite number``.
+pub(crate) fn table_to_json(table: &FieldTable) -> Result<Map<String, Value>, String> {
+    table_json(table, 0, "").map_err(|error| error.to_string())
 }
 
-/// An AMQP field table as a JSON object.
-pub(crate) fn table_to_json(table: &FieldTable) -> Map<String, Value> {
+fn table_json(
+    table: &FieldTable,
+    depth: usize,
+    separator: &str,
+) -> Result<Map<String, Value>, ValueError> {
     table
         .inner()
         .iter()
-        .map(|(key, value)| (key.as_str().to_owned(), amqp_to_json(value)))
+        .map(|(key, value)| match to_json(value, depth) {
+            Ok(value) => Ok((key.as_str().to_owned(), value)),
+            Err(mut error) => {
+                error.path.push(format!("{separator}{}", key.as_str()));
+                Err(error)
+            }
+        })
         .collect()
 }
 
@@ -161,17 +228,18 @@ pub(crate) fn decode(
     body: &[u8],
     delay_prefix: &str,
 ) -> Result<Message, Undecodable> {
-    let mut headers = properties
-        .headers()
-        .as_ref()
-        .map(table_to_json)
-        .unwrap_or_default();
+    let undecodable = |error: String| Undecodable {
+        raw: body.to_vec(),
+        error: format!("invalid protocol v2 headers: {error}"),
+    };
+    let mut headers = match properties.headers() {
+        Some(table) => table_to_json(table).map_err(undecodable)?,
+        None => Map::new(),
+    };
     strip_delay_deaths(&mut headers, delay_prefix);
-    let headers: Headers =
-        serde_json::from_value(Value::Object(headers)).map_err(|error| Undecodable {
-            raw: body.to_vec(),
-            error: format!("invalid protocol v2 headers: {error}"),
-        })?;
+    // The path names the header a type mismatch is in (serde_json's own message does not).
+    let headers: Headers = serde_path_to_error::deserialize(Value::Object(headers))
+        .map_err(|error| undecodable(error.to_string()))?;
     let mut extra = Map::new();
     let mut put = |key: &str, value: Option<Value>| {
         if let Some(value) = value {
@@ -314,7 +382,7 @@ mod tests {
         assert_eq!(numbers.as_slice()[2], AMQPValue::LongLongInt(2147483648));
         assert_eq!(numbers.as_slice()[3], AMQPValue::LongLongInt(-2147483648));
         assert_eq!(numbers.as_slice()[5], AMQPValue::Double(1.0));
-        assert_eq!(Value::Object(table_to_json(&table)), value);
+        assert_eq!(Value::Object(table_to_json(&table).unwrap()), value);
     }
 
     #[test]
@@ -392,5 +460,201 @@ mod tests {
             json!([{"queue": "celery", "reason": "rejected"}])
         );
         assert_eq!(map["x-first-death-queue"], "celery");
+    }
+
+    /// A received message's properties with the headers of a minimal Celery message plus
+    /// `extra` (which may override them).
+    fn received(extra: Vec<(&str, AMQPValue)>) -> BasicProperties {
+        let mut table = FieldTable::default();
+        let text = |value: &str| AMQPValue::LongString(LongString::from(value.as_bytes()));
+        table.insert("task".into(), text("tasks.add"));
+        table.insert("id".into(), text("id-1"));
+        for (key, value) in extra {
+            table.insert(ShortString::from(key), value);
+        }
+        BasicProperties::default().with_headers(table)
+    }
+
+    fn decode_error(extra: Vec<(&str, AMQPValue)>) -> String {
+        let properties = received(extra);
+        match decode(&properties, b"[[], {}, {}]", "queue.delay") {
+            Ok(message) => panic!("decoded {:?}", message.headers),
+            Err(undecodable) => {
+                assert_eq!(undecodable.raw, b"[[], {}, {}]");
+                undecodable.error
+            }
+        }
+    }
+
+    fn limits(hard: AMQPValue, soft: AMQPValue) -> AMQPValue {
+        AMQPValue::FieldArray(FieldArray::from(vec![hard, soft]))
+    }
+
+    #[test]
+    fn hostile_numbers_in_headers_are_undecodable_not_panics() {
+        let cases: Vec<(&str, AMQPValue, &str)> = vec![
+            (
+                "timelimit",
+                limits(AMQPValue::Double(f64::NAN), AMQPValue::Void),
+                "timelimit[0]",
+            ),
+            (
+                "timelimit",
+                limits(AMQPValue::Void, AMQPValue::Double(f64::INFINITY)),
+                "timelimit[1]",
+            ),
+            (
+                "timelimit",
+                limits(AMQPValue::Float(f32::NEG_INFINITY), AMQPValue::Void),
+                "timelimit[0]",
+            ),
+            (
+                "timelimit",
+                limits(AMQPValue::LongLongInt(-5), AMQPValue::Void),
+                "timelimit",
+            ),
+            (
+                "timelimit",
+                limits(AMQPValue::Void, AMQPValue::Double(-0.5)),
+                "timelimit",
+            ),
+            ("retries", AMQPValue::LongInt(-1), "retries"),
+            ("retries", AMQPValue::LongLongInt(1 << 40), "retries"),
+            ("retries", AMQPValue::Double(1.5), "retries"),
+            ("retries", AMQPValue::Double(f64::NAN), "retries"),
+            ("eta", AMQPValue::Double(f64::NAN), "eta"),
+            ("eta", AMQPValue::LongLongInt(i64::MAX), "eta"),
+            ("eta", AMQPValue::Timestamp(u64::MAX), "eta"),
+            ("expires", AMQPValue::LongLongInt(i64::MIN), "expires"),
+            ("expires", AMQPValue::Double(-1e308), "expires"),
+            ("x-custom", AMQPValue::Double(f64::NAN), "x-custom"),
+        ];
+        for (key, value, named) in cases {
+            let shown = format!("{key}={value:?}");
+            let error = decode_error(vec![(key, value)]);
+            assert!(error.contains(named), "{shown}: {error}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_in_headers_are_undecodable() {
+        let text = |value: &str| AMQPValue::LongString(LongString::from(value.as_bytes()));
+        let cases: Vec<(&str, AMQPValue)> = vec![
+            ("timelimit", text("30")),
+            ("timelimit", AMQPValue::LongInt(30)),
+            ("timelimit", limits(text("a"), AMQPValue::Void)),
+            ("timelimit", AMQPValue::FieldTable(FieldTable::default())),
+            ("eta", AMQPValue::Boolean(true)),
+            ("eta", text("not a time")),
+            ("eta", text("99999-01-01T00:00:00")),
+            ("expires", AMQPValue::FieldArray(FieldArray::default())),
+            ("expires", text("2024-13-45T99:00:00")),
+            ("retries", text("three")),
+            ("retries", AMQPValue::Boolean(true)),
+            ("task", AMQPValue::LongInt(1)),
+            ("id", AMQPValue::Void),
+        ];
+        for (key, value) in cases {
+            let shown = format!("{key}={value:?}");
+            let error = decode_error(vec![(key, value)]);
+            assert!(error.contains(key), "{shown}: {error}");
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_undecodable_not_mangled() {
+        for key in ["id", "task", "x-custom"] {
+            let error = decode_error(vec![(
+                key,
+                AMQPValue::LongString(LongString::from(b"id-\xff\xfe".to_vec())),
+            )]);
+            assert!(error.contains(key) && error.contains("UTF-8"), "{error}");
+        }
+        let nested = AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::ByteArray(
+            lapin::types::ByteArray::from(vec![0xc3_u8, 0x28]),
+        )]));
+        let error = decode_error(vec![("stamped_headers", nested)]);
+        assert!(error.contains("stamped_headers[0]"), "{error}");
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let mut value = AMQPValue::Void;
+        for _ in 0..10_000 {
+            value = AMQPValue::FieldArray(FieldArray::from(vec![value]));
+        }
+        let error = decode_error(vec![("x-deep", value)]);
+        assert!(error.contains("nest deeper"), "{error}");
+        let mut table = AMQPValue::Void;
+        for _ in 0..MAX_DEPTH {
+            let mut inner = FieldTable::default();
+            inner.insert("k".into(), table);
+            table = AMQPValue::FieldTable(inner);
+        }
+        // As deep as allowed: decodes.
+        let properties = received(vec![("x-deep", table)]);
+        assert!(decode(&properties, b"[[], {}, {}]", "queue.delay").is_ok());
+    }
+
+    #[test]
+    fn any_priority_octet_decodes_and_survives_republish() {
+        // RabbitMQ takes priorities up to 255 (`x-max-priority`), capping them at the
+        // queue's maximum; Python may send any of them. They decode as they are (nothing
+        // indexes by them) and a republish keeps them.
+        for priority in [0_u8, 9, 10, 255] {
+            let properties = received(Vec::new()).with_priority(priority);
+            let message = decode(&properties, b"[[], {}, {}]", "queue.delay").unwrap();
+            assert_eq!(message.properties.priority, Some(priority));
+            assert_eq!(message.priority(), priority);
+            let again = republish_properties(&properties, None);
+            assert_eq!(*again.priority(), Some(priority));
+            let out = super::properties(&message, true).unwrap();
+            assert_eq!(*out.priority(), Some(priority));
+        }
+    }
+
+    #[test]
+    fn huge_time_limits_saturate() {
+        let properties = received(vec![(
+            "timelimit",
+            limits(AMQPValue::Double(1e300), AMQPValue::LongLongInt(i64::MAX)),
+        )]);
+        let message = decode(&properties, b"[[], {}, {}]", "queue.delay").unwrap();
+        assert_eq!(
+            message.headers.timelimit.hard(),
+            Some(std::time::Duration::MAX)
+        );
+        assert!(message.headers.timelimit.soft().is_some());
+    }
+
+    #[test]
+    fn celery_headers_with_valid_edge_values_decode() {
+        let properties = received(vec![
+            (
+                "timelimit",
+                limits(AMQPValue::LongInt(0), AMQPValue::Double(0.5)),
+            ),
+            ("retries", AMQPValue::LongLongInt(i64::from(u32::MAX))),
+            (
+                "eta",
+                AMQPValue::LongString(LongString::from(b"2024-05-01T12:00:00+00:00".to_vec())),
+            ),
+            ("expires", AMQPValue::Void),
+            (
+                "x-decimal",
+                AMQPValue::DecimalValue(lapin::types::DecimalValue {
+                    scale: 255,
+                    value: u32::MAX,
+                }),
+            ),
+        ]);
+        let message = decode(&properties, b"[[], {}, {}]", "queue.delay").unwrap();
+        assert_eq!(message.headers.retries, u32::MAX);
+        assert_eq!(message.headers.timelimit.hard(), None);
+        assert_eq!(
+            message.headers.timelimit.soft(),
+            Some(std::time::Duration::from_millis(500))
+        );
+        assert!(message.headers.eta.is_some());
     }
 }
