@@ -31,6 +31,10 @@ pub const CELERY_RESULT_BACKEND_ENV: &str = "CELERY_RESULT_BACKEND";
 /// Celery's default queue.
 pub const DEFAULT_QUEUE: &str = "celery";
 
+/// The largest per-message TTL (`expiration` property) RabbitMQ accepts: ten years, in
+/// milliseconds (measured: one more is `PRECONDITION_FAILED - value_too_large`).
+pub const MAX_MESSAGE_TTL_MS: i64 = 315_360_000_000;
+
 /// Protocol v2 header names that a custom header may not take.
 const RESERVED_HEADERS: &[&str] = &[
     "lang",
@@ -271,31 +275,36 @@ impl App {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let now = time::now();
-        let eta = options.eta.or_else(|| {
-            options
-                .countdown
-                .filter(|seconds| seconds.is_finite() && *seconds > 0.0)
-                .map(|seconds| now + chrono::Duration::microseconds((seconds * 1e6) as i64))
-        });
-        let expires = options.expires.map(|expires| expires.resolve(now));
+        // Deadlines past what Python's `datetime` holds are saturated at its maximum, so that
+        // every worker can still read them; a countdown of zero or less runs at once.
+        let eta = match (options.eta, options.countdown) {
+            (Some(eta), _) => Some(time::clamp(eta)),
+            (None, Some(seconds)) if seconds.is_nan() || seconds.is_infinite() => {
+                return Err(Error::Config(format!(
+                    "`countdown` must be a finite number of seconds, not {seconds}"
+                )));
+            }
+            (None, Some(seconds)) if seconds > 0.0 => {
+                time::seconds_duration(seconds).map(|delay| time::add(now, delay))
+            }
+            (None, _) => None,
+        };
+        let expires = options
+            .expires
+            .map(|expires| time::clamp(expires.resolve(now)));
         // Unset stays unset: on Redis, "no priority" is kombu's default list, where Python's
         // own tasks go, not our lowest priority.
         let priority = options
             .priority
             .or_else(|| declared.as_ref().and_then(|options| options.priority))
             .map(|priority| priority.min(crate::MAX_PRIORITY));
-        let hard_limit = options
-            .time_limit
-            .map(Duration::from_secs_f64)
+        let hard_limit = limit("time_limit", options.time_limit)?
             .or_else(|| declared.as_ref().and_then(|options| options.time_limit));
-        let soft_limit = options
-            .soft_time_limit
-            .map(Duration::from_secs_f64)
-            .or_else(|| {
-                declared
-                    .as_ref()
-                    .and_then(|options| options.soft_time_limit)
-            });
+        let soft_limit = limit("soft_time_limit", options.soft_time_limit)?.or_else(|| {
+            declared
+                .as_ref()
+                .and_then(|options| options.soft_time_limit)
+        });
         let ignore_result = options.ignore_result.unwrap_or(false)
             || self.inner.ignore_result
             || declared
@@ -328,10 +337,12 @@ impl App {
         }
         headers.extra = options.headers.clone();
 
-        let expiration = expires.map(|at| {
-            let milliseconds = (at - now).num_milliseconds().max(0);
-            milliseconds.to_string()
-        });
+        // Past RabbitMQ's largest per-message TTL the publish would be refused (the channel
+        // closed); the `expires` header alone then bounds the task, as the worker checks it.
+        let expiration = expires
+            .map(|at| (at - now).num_milliseconds().max(0))
+            .filter(|milliseconds| *milliseconds <= MAX_MESSAGE_TTL_MS)
+            .map(|milliseconds| milliseconds.to_string());
         let properties = Properties {
             correlation_id: Some(id),
             reply_to: Some(self.inner.reply_to.clone()),
@@ -358,6 +369,20 @@ impl App {
             message: Message::new(headers, properties, &body),
         })
     }
+}
+
+/// A time limit option as a duration: a limit that is not a non-negative number of seconds
+/// is refused (it would otherwise reach a panicking conversion); a huge one saturates.
+fn limit(option: &str, seconds: Option<f64>) -> Result<Option<Duration>, Error> {
+    seconds
+        .map(|seconds| {
+            time::seconds_duration(seconds).ok_or_else(|| {
+                Error::Config(format!(
+                    "`{option}` must be a non-negative number of seconds, not {seconds}"
+                ))
+            })
+        })
+        .transpose()
 }
 
 /// The span of one publish: task id, name, queue and retry count.

@@ -74,7 +74,7 @@ pub struct SignatureOptions {
         default,
         skip_serializing_if = "Option::is_none",
         serialize_with = "crate::protocol::time::serialize_optional",
-        deserialize_with = "crate::protocol::time::deserialize_optional"
+        deserialize_with = "eta_option"
     )]
     pub eta: Option<DateTime<FixedOffset>>,
     /// When the task expires (is REVOKED instead of run).
@@ -87,10 +87,18 @@ pub struct SignatureOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore_result: Option<bool>,
     /// Hard time limit, seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "time_limit_option"
+    )]
     pub time_limit: Option<f64>,
     /// Soft time limit, seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "soft_time_limit_option"
+    )]
     pub soft_time_limit: Option<f64>,
     /// Tasks to apply with the result on success.
     #[serde(
@@ -129,6 +137,38 @@ pub struct SignatureOptions {
     pub extra: Map<String, Value>,
 }
 
+fn eta_option<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<DateTime<FixedOffset>>, D::Error> {
+    crate::protocol::time::deserialize_field(deserializer, "eta")
+}
+
+fn time_limit_option<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    limit_seconds(deserializer, "time_limit")
+}
+
+fn soft_time_limit_option<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<f64>, D::Error> {
+    limit_seconds(deserializer, "soft_time_limit")
+}
+
+/// A time limit option: `null` or a non-negative number of seconds; anything else makes the
+/// signature (and so the message body carrying it) undecodable, with the option named.
+fn limit_seconds<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    option: &str,
+) -> Result<Option<f64>, D::Error> {
+    match Option::<f64>::deserialize(deserializer)? {
+        Some(seconds) if crate::protocol::time::seconds_duration(seconds).is_none() => {
+            Err(serde::de::Error::custom(format!(
+                "`{option}`: {seconds} is not a non-negative number of seconds"
+            )))
+        }
+        limit => Ok(limit),
+    }
+}
+
 fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Signature>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -154,13 +194,12 @@ pub enum Expires {
 }
 
 impl Expires {
-    /// The absolute expiry time for a message sent at `now`.
+    /// The absolute expiry time for a message sent at `now`; a far-future expiry saturates at
+    /// [`far_future`](crate::protocol::time::far_future).
     pub fn resolve(&self, now: DateTime<FixedOffset>) -> DateTime<FixedOffset> {
         match self {
             Expires::At(at) => *at,
-            Expires::After(after) => {
-                now + chrono::Duration::from_std(*after).unwrap_or(chrono::Duration::MAX)
-            }
+            Expires::After(after) => crate::protocol::time::add(now, *after),
         }
     }
 }
@@ -179,15 +218,28 @@ impl Serialize for Expires {
 impl<'de> Deserialize<'de> for Expires {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         match Value::deserialize(deserializer)? {
+            // A negative number expires at once, as in Celery (which sends `now + expires`);
+            // one too large for a `Duration` saturates. JSON has no NaN or infinity.
             Value::Number(number) => number
                 .as_f64()
-                .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
-                .map(|seconds| Expires::After(Duration::from_secs_f64(seconds)))
-                .ok_or_else(|| serde::de::Error::custom("invalid expires seconds")),
+                .map(|seconds| seconds.max(0.0))
+                .and_then(crate::protocol::time::seconds_duration)
+                .map(Expires::After)
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!("`expires`: invalid seconds {number}"))
+                }),
             Value::String(text) => crate::protocol::time::parse_timestamp(&text)
                 .map(Expires::At)
-                .ok_or_else(|| serde::de::Error::custom(format!("invalid expires {text:?}"))),
-            other => Err(serde::de::Error::custom(format!("invalid expires {other}"))),
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "`expires`: {text:?} is not an ISO-8601 timestamp between years 1 and \
+                         9999"
+                    ))
+                }),
+            other => Err(serde::de::Error::custom(format!(
+                "`expires`: expected seconds or an ISO-8601 timestamp, not {}",
+                crate::protocol::shown(&other)
+            ))),
         }
     }
 }

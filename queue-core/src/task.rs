@@ -128,9 +128,10 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The delay before retry number `retries + 1` (`retries` done so far).
+    /// The delay before retry number `retries + 1` (`retries` done so far). Saturates for
+    /// any count and any durations (`retries` comes from the message): never overflows.
     pub fn delay_for(&self, retries: u32) -> Duration {
-        let mut delay = if self.backoff {
+        let delay = if self.backoff {
             let factor = 2u32.saturating_pow(retries.min(31));
             self.delay.saturating_mul(factor).min(self.backoff_max)
         } else {
@@ -138,10 +139,17 @@ impl RetryPolicy {
         };
         if self.jitter && !delay.is_zero() {
             use rand::Rng;
-            delay = delay.mul_f64(rand::rng().random_range(0.0..=1.0));
+            return scale(delay, rand::rng().random_range(0.0..=1.0));
         }
         delay
     }
+}
+
+/// `delay × factor` for a factor in [0, 1], never more than `delay`. Not `Duration::mul_f64`:
+/// that panics when the product rounds past `Duration::MAX` (as `Duration::MAX × 1.0` does).
+fn scale(delay: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(delay.as_secs_f64() * factor)
+        .map_or(delay, |scaled| scaled.min(delay))
 }
 
 /// A rate limit: at most `count` task starts per `period`, e.g. `"10/s"`, `"100/m"`, `"5/h"`.
@@ -461,6 +469,31 @@ mod tests {
         for _ in 0..100 {
             assert!(jittered.delay_for(3) <= Duration::from_secs(8));
         }
+    }
+
+    #[test]
+    fn huge_counts_and_durations_saturate() {
+        let policy = RetryPolicy {
+            delay: Duration::MAX,
+            backoff: true,
+            backoff_max: Duration::MAX,
+            jitter: true,
+            ..RetryPolicy::default()
+        };
+        for retries in [0, 31, 32, 1_000, u32::MAX] {
+            assert!(policy.delay_for(retries) <= Duration::MAX);
+        }
+        let capped = RetryPolicy {
+            delay: Duration::from_secs(u64::MAX / 2),
+            backoff_max: Duration::from_secs(600),
+            jitter: false,
+            ..policy
+        };
+        assert_eq!(capped.delay_for(u32::MAX), Duration::from_secs(600));
+        // The jitter's extremes: the full delay (the random factor may be exactly 1.0) and 0.
+        assert_eq!(scale(Duration::MAX, 1.0), Duration::MAX);
+        assert_eq!(scale(Duration::MAX, 0.0), Duration::ZERO);
+        assert_eq!(scale(Duration::from_secs(8), 0.5), Duration::from_secs(4));
     }
 
     #[test]

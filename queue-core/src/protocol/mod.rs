@@ -122,14 +122,14 @@ pub struct Headers {
     #[serde(
         default,
         serialize_with = "time::serialize_optional",
-        deserialize_with = "time::deserialize_optional"
+        deserialize_with = "deserialize_eta"
     )]
     pub eta: Option<DateTime<FixedOffset>>,
     /// Do not run after this time: the task is REVOKED instead.
     #[serde(
         default,
         serialize_with = "time::serialize_optional",
-        deserialize_with = "time::deserialize_optional"
+        deserialize_with = "deserialize_expires"
     )]
     pub expires: Option<DateTime<FixedOffset>>,
     /// Group id when part of a group.
@@ -176,8 +176,48 @@ pub struct Headers {
     pub extra: Map<String, Value>,
 }
 
+fn deserialize_eta<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<DateTime<FixedOffset>>, D::Error> {
+    time::deserialize_field(deserializer, "eta")
+}
+
+fn deserialize_expires<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<DateTime<FixedOffset>>, D::Error> {
+    time::deserialize_field(deserializer, "expires")
+}
+
+/// `retries`: a count, `null` read as 0 (as Python's worker does).
 fn null_as_zero<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
-    Ok(Option::<u32>::deserialize(deserializer)?.unwrap_or(0))
+    match Option::<Value>::deserialize(deserializer)? {
+        None | Some(Value::Null) => Ok(0),
+        Some(value) => value
+            .as_u64()
+            .and_then(|count| u32::try_from(count).ok())
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`retries`: expected a count from 0 to {}, not {}",
+                    u32::MAX,
+                    shown(&value)
+                ))
+            }),
+    }
+}
+
+/// A received value for an error message, cut short: a hostile message may be megabytes.
+pub(crate) fn shown(value: &Value) -> String {
+    const LONGEST: usize = 64;
+    let mut text = value.to_string();
+    if text.len() > LONGEST {
+        let mut cut = LONGEST;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
 }
 
 /// `null` reads as the default (Python's worker takes a `null` header as unset).
@@ -220,8 +260,11 @@ impl Headers {
 
 /// The `timelimit` header: `[hard, soft]` in seconds, either possibly `null`.
 ///
-/// Kept as JSON numbers so that `30` stays `30` on re-encode.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Kept as JSON numbers so that `30` stays `30` on re-encode. Decoding refuses a limit that is
+/// not a non-negative number of seconds (a message with one is undecodable, not a task that
+/// runs with no limit or panics); `0`, like `null`, means no limit, as for Python's worker
+/// (`time_limit or task.time_limit`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct TimeLimit(pub Option<Number>, pub Option<Number>);
 
 impl TimeLimit {
@@ -230,14 +273,43 @@ impl TimeLimit {
         Self(hard.and_then(seconds_number), soft.and_then(seconds_number))
     }
 
-    /// The hard limit: the task is stopped and fails.
+    /// The hard limit: the task is stopped and fails. `None` when unset, zero or not a
+    /// non-negative number; very large limits saturate at [`Duration::MAX`].
     pub fn hard(&self) -> Option<Duration> {
         self.0.as_ref().and_then(number_duration)
     }
 
-    /// The soft limit: the task is asked to stop.
+    /// The soft limit: the task is asked to stop. Read as [`TimeLimit::hard`].
     pub fn soft(&self) -> Option<Duration> {
         self.1.as_ref().and_then(number_duration)
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        let limit = |item: &Value| match item {
+            Value::Null => Some(None),
+            Value::Number(number) => number
+                .as_f64()
+                .and_then(time::seconds_duration)
+                .map(|_| Some(number.clone())),
+            _ => None,
+        };
+        match value.as_array().map(Vec::as_slice) {
+            Some([hard, soft]) => match (limit(hard), limit(soft)) {
+                (Some(hard), Some(soft)) => Ok(Self(hard, soft)),
+                _ => Err(serde::de::Error::custom(format!(
+                    "`timelimit`: {} is not [hard, soft] with each null or a non-negative \
+                     number of seconds",
+                    shown(&value)
+                ))),
+            },
+            _ => Err(serde::de::Error::custom(format!(
+                "`timelimit`: expected [hard, soft], not {}",
+                shown(&value)
+            ))),
+        }
     }
 }
 
@@ -250,8 +322,7 @@ fn seconds_number(duration: Duration) -> Option<Number> {
 }
 
 fn number_duration(number: &Number) -> Option<Duration> {
-    let seconds = number.as_f64()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+    time::seconds_duration(number.as_f64()?).filter(|limit| !limit.is_zero())
 }
 
 /// Message properties (wire spec §2.3). Transport-specific properties (kombu's

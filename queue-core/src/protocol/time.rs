@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, SecondsFormat, SubsecRound, Utc};
+use chrono::{
+    DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime, SecondsFormat, SubsecRound, Utc,
+};
 use serde::{Deserialize, Deserializer, Serializer};
 
 /// The latest time a deadline is set to: Python's `datetime.max` (9999-12-31 23:59:59.999999
@@ -60,8 +62,14 @@ pub fn seconds_duration(seconds: f64) -> Option<Duration> {
 }
 
 /// Parses an ISO-8601 timestamp as Celery writes or accepts it: with an offset (`+00:00`),
-/// with `Z`, or naive (read as UTC, like the Python worker does).
+/// with `Z`, or naive (read as UTC, like the Python worker does). Years outside Python's
+/// `datetime` range (1 to 9999) are refused: no Celery producer can write them, and a Python
+/// worker could not read them back.
 pub fn parse_timestamp(text: &str) -> Option<DateTime<FixedOffset>> {
+    parse_any_year(text).filter(|parsed| (1..=9999).contains(&parsed.year()))
+}
+
+fn parse_any_year(text: &str) -> Option<DateTime<FixedOffset>> {
     if let Ok(parsed) = DateTime::parse_from_rfc3339(text) {
         return Some(parsed);
     }
@@ -75,6 +83,42 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<FixedOffset>> {
         }
     }
     None
+}
+
+/// Reads an optional timestamp field: `null` or `""` is unset, an ISO-8601 string is parsed,
+/// anything else is an error that names `field` and the value received.
+pub(crate) fn deserialize_field<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    field: &str,
+) -> Result<Option<DateTime<FixedOffset>>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(deserializer)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(text)) if text.is_empty() => Ok(None),
+        Some(serde_json::Value::String(text)) => {
+            parse_timestamp(&text).map(Some).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`{field}`: {text:?} is not an ISO-8601 timestamp between years 1 and 9999"
+                ))
+            })
+        }
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "`{field}`: expected an ISO-8601 timestamp, not {}",
+            super::shown(&other)
+        ))),
+    }
+}
+
+/// Clamps a timestamp into the range every reader of the wire accepts (Python's `datetime`):
+/// a later one becomes [`far_future`], an earlier one 0001-01-01 UTC.
+pub fn clamp(when: DateTime<FixedOffset>) -> DateTime<FixedOffset> {
+    let earliest = NaiveDate::from_ymd_opt(1, 1, 1)
+        .and_then(|day| day.and_hms_opt(0, 0, 0))
+        .map(|time| time.and_utc().fixed_offset());
+    match earliest {
+        Some(earliest) if when < earliest => earliest,
+        _ if when > far_future() => far_future(),
+        _ => when,
+    }
 }
 
 /// Formats like Python's `isoformat()`: microseconds only when non-zero, offset as `+HH:MM`.
@@ -107,14 +151,7 @@ pub(crate) fn serialize_optional<S: Serializer>(
 pub(crate) fn deserialize_optional<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<DateTime<FixedOffset>>, D::Error> {
-    let text: Option<String> = Option::deserialize(deserializer)?;
-    match text {
-        None => Ok(None),
-        Some(text) if text.is_empty() => Ok(None),
-        Some(text) => parse_timestamp(&text).map(Some).ok_or_else(|| {
-            serde::de::Error::custom(format!("invalid ISO-8601 timestamp {text:?}"))
-        }),
-    }
+    deserialize_field(deserializer, "timestamp")
 }
 
 #[cfg(test)]
@@ -145,5 +182,27 @@ mod tests {
         assert_eq!(naive, zulu);
         assert_eq!(naive.offset().local_minus_utc(), 0);
         assert!(parse_timestamp("yesterday").is_none());
+    }
+
+    #[test]
+    fn only_python_years_parse() {
+        assert!(parse_timestamp("0001-01-01T00:00:00").is_some());
+        assert!(parse_timestamp("9999-12-31T23:59:59.999999+00:00").is_some());
+        for text in [
+            "+99999-01-01T00:00:00",
+            "+10000-01-01T00:00:00",
+            "0000-01-01T00:00:00",
+            "-0001-01-01T00:00:00",
+        ] {
+            assert!(parse_timestamp(text).is_none(), "{text}");
+        }
+    }
+
+    #[test]
+    fn saturated_deadlines_survive_the_wire() {
+        let far = after(Duration::MAX);
+        assert_eq!(far, far_future());
+        assert_eq!(parse_timestamp(&format_timestamp(&far)), Some(far));
+        assert_eq!(between(far, now()), Duration::ZERO);
     }
 }
