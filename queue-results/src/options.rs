@@ -21,6 +21,9 @@ pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(24 * 60 * 60);
 /// | `acquire_timeout` | seconds to wait for a connection before failing | `5` |
 /// | `retries` | retries of an operation after a transient error | `2` |
 /// | `poll_interval` | longest pause, in seconds, between reads of a polling wait | `0.1` |
+///
+/// Seconds are non-negative numbers up to 10^10 (about 317 years); anything else
+/// (`NaN`, `inf`, `-1`, `1e30`) is a configuration error naming the parameter.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct SqlOptions {
@@ -159,12 +162,22 @@ fn parse_expiry(value: &str) -> Result<Option<Duration>, SqlError> {
     parse_seconds("expires", value).map(Some)
 }
 
+/// The largest number of seconds an option takes (about 317 years). Larger values would
+/// overflow where they are used (an `Instant` deadline in the pool panics; PostgreSQL's
+/// `now() + interval` fails every store with "timestamp out of range").
+const MAX_SECONDS: f64 = 1e10;
+
 fn parse_seconds(key: &str, value: &str) -> Result<Duration, SqlError> {
     value
         .parse::<f64>()
         .ok()
+        .filter(|seconds| (0.0..=MAX_SECONDS).contains(seconds))
         .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
-        .ok_or_else(|| SqlError::Config(format!("`{key}` must be seconds, not {value:?}")))
+        .ok_or_else(|| {
+            SqlError::Config(format!(
+                "`{key}` must be a number of seconds from 0 to {MAX_SECONDS}, not {value:?}"
+            ))
+        })
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, SqlError> {
@@ -238,6 +251,35 @@ mod tests {
             let error = split(text).unwrap_err();
             assert!(matches!(error, SqlError::Config(_)), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn hostile_numbers_are_config_errors_naming_the_option() {
+        for (text, option) in [
+            ("sqlite://x.db?expires=NaN", "expires"),
+            ("sqlite://x.db?expires=inf", "expires"),
+            ("sqlite://x.db?expires=-1", "expires"),
+            ("sqlite://x.db?expires=1e30", "expires"),
+            // Valid durations, but past what PostgreSQL's timestamps and the pool's
+            // `Instant` deadlines hold.
+            ("sqlite://x.db?expires=1e15", "expires"),
+            ("sqlite://x.db?acquire_timeout=1e19", "acquire_timeout"),
+            ("sqlite://x.db?acquire_timeout=-0.5", "acquire_timeout"),
+            ("sqlite://x.db?poll_interval=NaN", "poll_interval"),
+            ("sqlite://x.db?poll_interval=1e11", "poll_interval"),
+            ("sqlite://x.db?retries=-1", "retries"),
+            ("sqlite://x.db?retries=99999999999", "retries"),
+            ("sqlite://x.db?retries=1e3", "retries"),
+            ("sqlite://x.db?max_connections=1e3", "max_connections"),
+            ("sqlite://x.db?max_connections=-4", "max_connections"),
+        ] {
+            let error = split(text).unwrap_err();
+            assert!(matches!(error, SqlError::Config(_)), "{text}: {error}");
+            assert!(error.to_string().contains(option), "{text}: {error}");
+        }
+        let (_, options) = split("sqlite://x.db?expires=1e10&acquire_timeout=0").unwrap();
+        assert_eq!(options.expiry, Some(Duration::from_secs(10_000_000_000)));
+        assert_eq!(options.acquire_timeout, Duration::ZERO);
     }
 
     #[test]
