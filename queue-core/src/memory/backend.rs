@@ -130,7 +130,7 @@ impl ResultBackend for MemoryBackend {
         task_id: &str,
         timeout: Duration,
     ) -> Result<Option<TaskMeta>, BackendError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::protocol::time::deadline_in(timeout);
         loop {
             let changed = self.shared.changed.notified();
             tokio::pin!(changed);

@@ -378,7 +378,7 @@ impl MemoryConsumer {
 #[async_trait]
 impl Consumer for MemoryConsumer {
     async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError> {
-        let deadline = Instant::now() + wait;
+        let deadline = time::deadline_in(wait);
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(BrokerError::Closed);
