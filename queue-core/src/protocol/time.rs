@@ -154,6 +154,14 @@ pub(crate) fn deserialize_optional<'de, D: Deserializer<'de>>(
     deserialize_field(deserializer, "timestamp")
 }
 
+/// The monotonic instant `wait` from now, for deadlines of waits a caller passes in:
+/// a wait too long for the clock (`Duration::MAX`) means about a century, never a panic.
+pub fn deadline_in(wait: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,12 +213,4 @@ mod tests {
         assert_eq!(parse_timestamp(&format_timestamp(&far)), Some(far));
         assert_eq!(between(far, now()), Duration::ZERO);
     }
-}
-
-/// The monotonic instant `wait` from now, for deadlines of waits a caller passes in:
-/// a wait too long for the clock (`Duration::MAX`) means about a century, never a panic.
-pub fn deadline_in(wait: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    now.checked_add(wait)
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
