@@ -277,13 +277,64 @@ fn generator(seeds: Vec<Value>) -> impl Fn(&mut Rng, usize) -> Vec<u8> + Send + 
     }
 }
 
+/// An AMQP value in brief: strings as text, numbers with their field type.
+fn show(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(text) => format!("{:?}", String::from_utf8_lossy(text.as_bytes())),
+        AMQPValue::ShortString(text) => format!("short {:?}", text.as_str()),
+        AMQPValue::ByteArray(bytes) => format!("bytes {:?}", bytes.as_slice()),
+        AMQPValue::FieldArray(items) => {
+            let items: Vec<String> = items.as_slice().iter().map(show).collect();
+            format!("[{}]", items.join(", "))
+        }
+        AMQPValue::FieldTable(table) => show_table(table),
+        AMQPValue::Void => "void".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn show_table(table: &FieldTable) -> String {
+    let entries: Vec<String> = table
+        .inner()
+        .iter()
+        .map(|(key, value)| format!("{}: {}", key.as_str(), show(value)))
+        .collect();
+    format!("{{{}}}", entries.join(", "))
+}
+
 fn describe(input: &[u8]) -> String {
     match parse_properties(input) {
         Ok((body, properties)) => {
-            format!("{properties:?}; body {}", fuzz_support::escape(body, 2_000))
+            let headers = properties.headers().as_ref().map(show_table);
+            let rest = properties.clone().with_headers(FieldTable::default());
+            format!(
+                "headers {}; other properties {rest:?}; body {}",
+                headers.unwrap_or_else(|| "none".to_owned()),
+                fuzz_support::escape(body, 2_000)
+            )
         }
         Err(error) => format!("(does not parse: {error})"),
     }
+}
+
+/// The `n`-th one-step reduction of a delivery: a header removed, or the body reduced as JSON
+/// (see `mutate::json_reduction`).
+fn reduce_delivery(input: &[u8], n: usize) -> Option<Vec<u8>> {
+    let (body, properties) = parse_properties(input).ok()?;
+    let headers = properties.headers().clone().unwrap_or_default();
+    let keys: Vec<ShortString> = headers.inner().keys().cloned().collect();
+    if let Some(key) = keys.get(n) {
+        let mut fewer = FieldTable::default();
+        for (other, value) in headers.inner() {
+            if other != key {
+                fewer.insert(other.clone(), value.clone());
+            }
+        }
+        return Some(encode(&properties.clone().with_headers(fewer), body));
+    }
+    let n = n - keys.len();
+    let reduced = mutate::json_reduction(body, n)?;
+    Some(encode(&properties, &reduced))
 }
 
 fn targets() -> Vec<Target> {
@@ -291,7 +342,7 @@ fn targets() -> Vec<Target> {
         name: "amqp-delivery",
         generate: Box::new(generator(seeds::amqp_messages())),
         run: decode_delivery,
-        reduce: None,
+        reduce: Some(reduce_delivery),
         describe: Some(describe),
     }]
 }
@@ -422,4 +473,71 @@ fn deep_nesting_is_refused_without_overflowing_the_stack() {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A delivery with the protocol v2 `task` and `id` headers, `extra` headers and `body`.
+fn delivery(extra: Vec<(&str, AMQPValue)>, body: &str) -> Vec<u8> {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        short("task"),
+        AMQPValue::LongString(LongString::from(&b"tasks.add"[..])),
+    );
+    headers.insert(
+        short("id"),
+        AMQPValue::LongString(LongString::from(&b"id-1"[..])),
+    );
+    for (key, value) in extra {
+        headers.insert(short(key), value);
+    }
+    let properties = BasicProperties::default()
+        .with_content_type(short("application/json"))
+        .with_headers(headers);
+    encode(&properties, body.as_bytes())
+}
+
+/// Deliveries the fuzzer found panicking (minimised) before hostile numbers were handled:
+/// a time limit header (`protocol/mod.rs`), callback options applied by the worker
+/// (`signature.rs`, `app.rs`); and field types py-amqp never writes.
+#[test]
+fn deliveries_found_panicking_are_decoded_or_rejected() {
+    let limits = |hard: AMQPValue, soft: AMQPValue| {
+        vec![(
+            "timelimit",
+            AMQPValue::FieldArray(FieldArray::from(vec![hard, soft])),
+        )]
+    };
+    let empty = "[[], {}, null]";
+    let inputs = [
+        delivery(
+            limits(AMQPValue::LongInt(30), AMQPValue::Double(1e308)),
+            empty,
+        ),
+        delivery(
+            limits(AMQPValue::Double(f64::NAN), AMQPValue::Float(f32::INFINITY)),
+            empty,
+        ),
+        delivery(
+            limits(AMQPValue::Timestamp(u64::MAX), AMQPValue::LongLongInt(-1)),
+            empty,
+        ),
+        delivery(vec![("eta", AMQPValue::Timestamp(u64::MAX))], empty),
+        delivery(vec![("expires", AMQPValue::Double(1e300))], empty),
+        delivery(vec![("retries", AMQPValue::LongLongInt(i64::MIN))], empty),
+        delivery(
+            vec![],
+            r#"[[],null,{"chain":[{"task":"","options":{"time_limit":3e22}}]}]"#,
+        ),
+        delivery(
+            vec![],
+            r#"[[],null,{"errbacks":[{"options":{"expires":2e19}}]}]"#,
+        ),
+        delivery(
+            vec![],
+            r#"[[],null,{"chord":{"task":"","options":{"link":{"task":"","options":{"countdown":1e30}}}}}]"#,
+        ),
+    ];
+    let targets = targets();
+    let inputs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    let failures = fuzz_support::replay(&targets[0], &inputs);
+    assert!(failures.is_empty(), "still failing: {failures:#?}");
 }

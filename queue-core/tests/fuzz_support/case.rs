@@ -81,7 +81,12 @@ pub(super) fn install_panic_hook() {
 }
 
 fn is_project_file(path: &str) -> bool {
-    !(path.starts_with('/') || path.contains("/.cargo/") || path.starts_with("library/"))
+    // std (`/rustc/...`, `library/...`) and dependencies (`~/.cargo/registry/...`) are not
+    // ours; the workspace's files are relative, or absolute in a dependency's debug info.
+    !(path.starts_with("/rustc/")
+        || path.starts_with("library/")
+        || path.contains("/.cargo/")
+        || path.contains("/rustlib/"))
 }
 
 /// The innermost frame of the project (not std, not a dependency, not this harness) in the

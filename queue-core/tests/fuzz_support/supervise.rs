@@ -112,9 +112,9 @@ pub fn run(label: &str, test: &str, targets: &[Target], config: &Config) -> Repo
         println!("\n{line}");
         if !output.status.success() {
             report.failure = Some(format!(
-                "the fuzz run failed ({}):\n{}",
+                "the fuzz run failed ({}); its findings are printed above, ending with:\n{}",
                 output.status,
-                tail(&stderr, 6_000)
+                tail(&stderr, 1_500)
             ));
         }
         return report;
