@@ -37,6 +37,23 @@
 //!   queues are declared again and consumers started again; RabbitMQ delivers unacked
 //!   messages again (`redelivered`). Heartbeats default to 30 s.
 //! - **TLS**: `amqps://` with the system's roots, or `tls_ca_file=PATH`.
+//! - **Retries are two steps, with one bounded duplicate.** RabbitMQ cannot publish a
+//!   task's retry and ack the original as one step while publishes are confirmed: a
+//!   channel is in confirm mode or in transaction mode (`tx.select`), never both, and an
+//!   ack must go on the channel that received the delivery, not on a publisher channel.
+//!   So the consumer keeps [`Consumer::republish_and_ack`](queue_core::Consumer::republish_and_ack)'s
+//!   default (unsupported) and the worker publishes the retry, waits for its confirm, then
+//!   acks the original. A crash or a lost connection between the confirm and the ack
+//!   makes RabbitMQ deliver the original again: **at most one duplicate per task in
+//!   flight at that moment** (the retry and the redelivered original both run), never a
+//!   loss. `cargo xtask chaos` counts these duplicates.
+//! - **Bounded memory**: settles wait for room in a queue of
+//!   [`consumer::SETTLE_QUEUE`] operations (back-pressure; none is dropped), and
+//!   the queues remembered as declared are the last [`topology::DECLARED_CACHE`] used.
+//! - **Hostile messages**: a header RabbitMQ delivers that has no faithful meaning (NaN or
+//!   infinite numbers, bytes that are not UTF-8, nesting deeper than 32, a protocol field
+//!   of the wrong type or out of range) makes the message undecodable, with the reason;
+//!   the worker dead-letters it and goes on.
 //!
 //! URL options: [`AmqpConfig`].
 

@@ -1,6 +1,8 @@
 //! Exchanges, queues and bindings: Celery's for task queues, ours for dead letters and
 //! delays. Declarations are cached per connection (a new connection declares again, which
-//! also recreates what a RabbitMQ restart lost).
+//! also recreates what a RabbitMQ restart lost), for the [`DECLARED_CACHE`] queue names
+//! used last: a producer that sends to ever new queue names keeps a bounded cache, and a
+//! name evicted from it is declared again (declarations are idempotent) when next used.
 //!
 //! **Task queue** `q` (as Celery's `task_create_missing_queues` does it): direct exchange
 //! `q`, durable queue `q` (arguments: `x-max-priority` when configured, `x-expires` and
@@ -24,10 +26,10 @@
 //! by a longer-lived message. Delays beyond 2^32 - 1 ms (49.7 days) are cut to that; the
 //! worker defers such a message again when it arrives early.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
+use hashlink::LruCache;
 use lapin::options::{
     ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     QueuePurgeOptions,
@@ -48,13 +50,50 @@ pub const DELAY_LEVELS: u32 = 32;
 /// The longest delay the levels can express.
 pub const MAX_DELAY_MS: u64 = (1 << DELAY_LEVELS) - 1;
 
-#[derive(Default)]
+/// Queue names remembered as declared, per kind (task queue, dead letters, delay binding).
+pub const DECLARED_CACHE: usize = 1024;
+
+/// Queue names declared on the current connection, the least recently used forgotten first.
+struct Names(LruCache<String, ()>);
+
+impl Names {
+    fn new() -> Self {
+        Self(LruCache::new(DECLARED_CACHE))
+    }
+
+    /// Whether `name` was declared (and, if so, marks it as used now).
+    fn contains(&mut self, name: &str) -> bool {
+        self.0.get(name).is_some()
+    }
+
+    fn insert(&mut self, name: &str) {
+        self.0.insert(name.to_owned(), ());
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 struct Declared {
     generation: u64,
-    queues: HashSet<String>,
-    dead_letters: HashSet<String>,
+    queues: Names,
+    dead_letters: Names,
     delay_levels: bool,
-    delay_targets: HashSet<String>,
+    delay_targets: Names,
+}
+
+impl Declared {
+    fn new(generation: u64) -> Self {
+        Self {
+            generation,
+            queues: Names::new(),
+            dead_letters: Names::new(),
+            delay_levels: false,
+            delay_targets: Names::new(),
+        }
+    }
 }
 
 pub(crate) struct Topology {
@@ -72,7 +111,7 @@ impl Topology {
             config,
             link,
             admin: Mutex::new(None),
-            declared: std::sync::Mutex::new(Declared::default()),
+            declared: std::sync::Mutex::new(Declared::new(0)),
         }
     }
 
@@ -104,10 +143,7 @@ impl Topology {
         {
             let mut declared = self.declared();
             if declared.generation != generation {
-                *declared = Declared {
-                    generation,
-                    ..Declared::default()
-                };
+                *declared = Declared::new(generation);
             }
         }
         let result = op(channel.clone()).await;
@@ -173,7 +209,7 @@ impl Topology {
         if self.config.dead_letter_rejected {
             self.ensure_dead_letter(queue).await?;
         }
-        self.declared().queues.insert(queue.to_owned());
+        self.declared().queues.insert(queue);
         Ok(())
     }
 
@@ -257,7 +293,7 @@ impl Topology {
             },
         )
         .await?;
-        self.declared().dead_letters.insert(queue.to_owned());
+        self.declared().dead_letters.insert(queue);
         Ok(())
     }
 
@@ -271,7 +307,7 @@ impl Topology {
             )));
         }
         let (levels, bound) = {
-            let declared = self.declared();
+            let mut declared = self.declared();
             (
                 declared.delay_levels,
                 declared.delay_targets.contains(queue),
@@ -308,7 +344,7 @@ impl Topology {
             },
         )
         .await?;
-        self.declared().delay_targets.insert(queue.to_owned());
+        self.declared().delay_targets.insert(queue);
         Ok(())
     }
 
@@ -477,5 +513,32 @@ mod tests {
         assert_eq!(delay_entry("p", 5), "p.2");
         assert_eq!(delay_entry("p", 1), "p.0");
         assert_eq!(delay_entry("p", u64::MAX), "p.31");
+    }
+
+    #[test]
+    fn declared_names_stay_bounded_and_keep_the_ones_in_use() {
+        let mut declared = Declared::new(1);
+        declared.queues.insert("celery");
+        for index in 0..10 * DECLARED_CACHE {
+            let name = format!("reply.{index}");
+            assert!(!declared.queues.contains(&name));
+            declared.queues.insert(&name);
+            declared.dead_letters.insert(&name);
+            declared.delay_targets.insert(&name);
+            // A queue used all along is never the one forgotten.
+            assert!(declared.queues.contains("celery"), "after {index}");
+            assert!(declared.queues.len() <= DECLARED_CACHE);
+        }
+        assert_eq!(declared.queues.len(), DECLARED_CACHE);
+        assert_eq!(declared.dead_letters.len(), DECLARED_CACHE);
+        assert_eq!(declared.delay_targets.len(), DECLARED_CACHE);
+        // The most recent names are remembered, the oldest forgotten (declared again when
+        // next used).
+        assert!(
+            declared
+                .dead_letters
+                .contains(&format!("reply.{}", 10 * DECLARED_CACHE - 1))
+        );
+        assert!(!declared.dead_letters.contains("reply.0"));
     }
 }

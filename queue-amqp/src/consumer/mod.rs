@@ -46,8 +46,13 @@ pub(crate) struct Shared {
     /// The worker's demand or the unacked count changed: the driver looks again.
     pub(crate) demand_changed: Notify,
     pub(crate) shutdown: CancellationToken,
-    settle: mpsc::UnboundedSender<Settle>,
+    /// To the settling task; bounded, so that a stalled channel holds settles back (each
+    /// caller waits for room) instead of queueing without limit. Nothing is dropped.
+    settle: mpsc::Sender<Settle>,
 }
+
+/// Settle operations waiting for the settling task at most (one batch of frames).
+pub const SETTLE_QUEUE: usize = settle::BATCH;
 
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -69,10 +74,27 @@ impl AmqpConsumer {
         broker: Arc<BrokerInner>,
         options: ConsumeOptions,
     ) -> Result<Self, BrokerError> {
+        let (consumer, operations) = Self::new(broker, options)?;
+        let shared = &consumer.shared;
+        *consumer
+            .tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = vec![
+            tokio::spawn(driver::run(shared.clone())),
+            tokio::spawn(settle::run(shared.clone(), operations)),
+        ];
+        Ok(consumer)
+    }
+
+    /// The consumer without its tasks, and the receiving end of its settle operations.
+    fn new(
+        broker: Arc<BrokerInner>,
+        options: ConsumeOptions,
+    ) -> Result<(Self, mpsc::Receiver<Settle>), BrokerError> {
         if options.queues.is_empty() {
             return Err(BrokerError::Refused("no queue to consume".into()));
         }
-        let (settle, operations) = mpsc::unbounded_channel();
+        let (settle, operations) = mpsc::channel(SETTLE_QUEUE);
         let cap =
             (options.prefetch > 0).then(|| u16::try_from(options.prefetch).unwrap_or(u16::MAX));
         let shared = Arc::new(Shared {
@@ -89,15 +111,12 @@ impl AmqpConsumer {
             shutdown: CancellationToken::new(),
             settle,
         });
-        let tasks = vec![
-            tokio::spawn(driver::run(shared.clone())),
-            tokio::spawn(settle::run(shared.clone(), operations)),
-        ];
-        Ok(Self {
+        let consumer = Self {
             shared,
-            tasks: Mutex::new(tasks),
+            tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
-        })
+        };
+        Ok((consumer, operations))
     }
 
     async fn settle(&self, delivery: &Delivery, kind: Kind) -> Result<(), BrokerError> {
@@ -109,6 +128,7 @@ impl AmqpConsumer {
                 kind,
                 done,
             })
+            .await
             .map_err(|_| BrokerError::Closed)?;
         outcome.await.map_err(|_| BrokerError::Closed)?
     }
@@ -302,7 +322,7 @@ async fn close(shared: &Arc<Shared>, tasks: Vec<JoinHandle<()>>) {
     shared.lock().closed = true;
     shared.arrived.notify_waiters();
     let (flushed, done) = oneshot::channel();
-    if shared.settle.send(Settle::Flush(flushed)).is_ok() {
+    if shared.settle.send(Settle::Flush(flushed)).await.is_ok() {
         let _ = done.await;
     }
     shared.shutdown.cancel();
@@ -341,5 +361,124 @@ impl Drop for AmqpConsumer {
                 tasks.iter().for_each(JoinHandle::abort);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    use super::*;
+    use crate::config::AmqpConfig;
+    use crate::link::Link;
+    use crate::publisher::Publisher;
+    use crate::topology::Topology;
+
+    /// A broker that never connects (nothing here needs a server).
+    fn offline_broker() -> Arc<BrokerInner> {
+        let url = "amqp://guest:guest@127.0.0.1:1/%2f".parse().unwrap();
+        let config = Arc::new(AmqpConfig::from_url(&url).unwrap());
+        let publish_link = Arc::new(Link::new(config.clone(), "publish"));
+        let consume_link = Arc::new(Link::new(config.clone(), "consume"));
+        Arc::new(BrokerInner {
+            topology: Topology::new(config.clone(), publish_link.clone()),
+            publisher: Publisher::new(config.clone(), publish_link.clone()),
+            config,
+            publish_link,
+            consume_link,
+        })
+    }
+
+    fn delivery(tag: u64) -> Delivery {
+        Delivery {
+            tag: state::encode_tag(1, tag),
+            queue: "q".into(),
+            redelivered: false,
+            content: Err(queue_core::broker::Undecodable {
+                raw: Vec::new(),
+                error: "test".into(),
+            }),
+        }
+    }
+
+    type Pending<'a> = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + 'a>>;
+
+    /// Polls every future once; returns how many are still pending.
+    fn poll_all(futures: &mut [Option<Pending<'_>>]) -> usize {
+        let waker = futures::task::noop_waker();
+        let mut context = std::task::Context::from_waker(&waker);
+        let mut pending = 0;
+        for slot in futures.iter_mut() {
+            if let Some(future) = slot {
+                match future.as_mut().poll(&mut context) {
+                    Poll::Ready(result) => {
+                        result.expect("settled");
+                        *slot = None;
+                    }
+                    Poll::Pending => pending += 1,
+                }
+            }
+        }
+        pending
+    }
+
+    /// Issue 9, defect 8: with the settling task stalled (a slow or blocked channel), acks
+    /// wait for room instead of queueing without bound, and every one of them still goes
+    /// through once the task catches up.
+    #[tokio::test]
+    async fn settles_wait_for_room_and_none_is_lost() {
+        let (consumer, mut operations) =
+            AmqpConsumer::new(offline_broker(), ConsumeOptions::new(["q"])).unwrap();
+        let total = SETTLE_QUEUE + 100;
+        let deliveries: Vec<Delivery> = (1..=total as u64).map(delivery).collect();
+        let mut acks: Vec<Option<Pending<'_>>> = deliveries
+            .iter()
+            // Unconstrained: tokio's cooperative budget would hold sends back after 128
+            // polls, which is not what is measured here.
+            .map(|delivery| {
+                Some(Box::pin(tokio::task::unconstrained(consumer.ack(delivery))) as Pending<'_>)
+            })
+            .collect();
+
+        assert_eq!(poll_all(&mut acks), total, "nothing is answered yet");
+        assert_eq!(operations.len(), SETTLE_QUEUE, "the queue is bounded");
+
+        // The stalled task takes one operation: exactly one waiting ack gets in.
+        let mut answered = Vec::new();
+        answered.push(operations.recv().await.expect("an operation"));
+        poll_all(&mut acks);
+        assert_eq!(operations.len(), SETTLE_QUEUE);
+
+        // It catches up: every ack reaches it, once, and each caller gets its answer.
+        let mut tags = std::collections::HashSet::new();
+        loop {
+            for operation in answered.drain(..) {
+                let Settle::Op { tag, kind, done } = operation else {
+                    panic!("only acks were sent");
+                };
+                assert!(matches!(kind, Kind::Ack));
+                assert!(tags.insert(tag.to_string()), "{tag} queued twice");
+                done.send(Ok(())).expect("the caller waits");
+            }
+            let pending = poll_all(&mut acks);
+            while let Ok(operation) = operations.try_recv() {
+                answered.push(operation);
+            }
+            if pending == 0 && answered.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(tags.len(), total);
+    }
+
+    #[tokio::test]
+    async fn settling_after_the_task_ended_is_closed_not_lost_silently() {
+        let (consumer, operations) =
+            AmqpConsumer::new(offline_broker(), ConsumeOptions::new(["q"])).unwrap();
+        drop(operations);
+        let error = consumer.ack(&delivery(1)).await.unwrap_err();
+        assert!(matches!(error, BrokerError::Closed), "{error}");
     }
 }

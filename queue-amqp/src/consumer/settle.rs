@@ -30,9 +30,9 @@ pub(crate) enum Settle {
 }
 
 /// Most operations coalesced into one round of frames.
-const BATCH: usize = 4096;
+pub(crate) const BATCH: usize = 4096;
 
-pub(crate) async fn run(shared: Arc<Shared>, mut operations: mpsc::UnboundedReceiver<Settle>) {
+pub(crate) async fn run(shared: Arc<Shared>, mut operations: mpsc::Receiver<Settle>) {
     loop {
         let first = tokio::select! {
             biased;

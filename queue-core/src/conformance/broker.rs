@@ -30,10 +30,10 @@ use tokio::sync::oneshot;
 use super::{CLOCK_TOLERANCE, later, now};
 
 mod replace;
-pub use replace::republish_and_ack_replaces_the_original;
 use crate::broker::{Broker, ConsumeOptions, Consumer, Delivery, Publish, QueueLength, QueueOrder};
 use crate::protocol::time::parse_timestamp;
 use crate::protocol::{Headers, Message, Properties, TaskBody, TimeLimit};
+pub use replace::republish_and_ack_replaces_the_original;
 
 /// How long a check waits for messages it expects (generous: real servers, slow CI).
 pub const WAIT: Duration = Duration::from_secs(5);
