@@ -3,6 +3,7 @@
 //! of our crates, so it builds even when they do not.
 
 mod bench;
+mod chaos;
 mod python;
 mod services;
 mod test;
@@ -43,6 +44,13 @@ enum Cmd {
         /// Passed to the benchmark binary.
         #[arg(last = true)]
         extra: Vec<String>,
+    },
+    /// The fault suite: workers and servers killed under load, hostile input, decoder fuzz;
+    /// one row per scenario (sent, done, lost, duplicated, time to recover).
+    Chaos {
+        /// The full sizes (100k tasks, 10 kills, 10M fuzz inputs) instead of the short profile.
+        #[arg(long)]
+        long: bool,
     },
     /// Create target/python-venv with Python Celery (for interop tests); print its path.
     PythonVenv,
@@ -101,11 +109,35 @@ fn main() {
             ServicesCmd::Status => services::status_cmd(),
         },
         Cmd::Bench { extra } => bench::run(&extra),
+        Cmd::Chaos { long } => chaos_cmd(long),
         Cmd::PythonVenv => python::run(),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
+    }
+}
+
+/// `cargo xtask chaos`: brings up Redis (installing it if needed), runs the profile, fails
+/// when a row broke what it must hold.
+fn chaos_cmd(long: bool) -> util::Result<()> {
+    let mut session = services::Session::start(&[services::Service::Redis], util::is_ci())?;
+    let profile = if long {
+        chaos::Profile::long()
+    } else {
+        chaos::Profile::short()
+    };
+    let rows = chaos::run(profile);
+    session.stop();
+    let failed: Vec<_> = rows?
+        .into_iter()
+        .filter(|row| row.verdict.is_err())
+        .map(|row| row.scenario)
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        util::err(format!("fault suite: {} failed", failed.join(", ")))
     }
 }
 

@@ -103,6 +103,22 @@ fn run_tests(session: &Session, extra: &[String]) -> Result<(Counts, Vec<String>
     cmd.args(extra);
     run_counted(&mut cmd, session, &mut counts, &mut failures)?;
 
+    // The fault suite's short profile: one counted test per scenario row.
+    match crate::chaos::run(crate::chaos::Profile::short()) {
+        Ok(rows) => {
+            for row in rows {
+                match row.verdict {
+                    Ok(_) => counts.passed += 1,
+                    Err(broken) => {
+                        counts.failed += 1;
+                        failures.push(format!("fault suite, {}: {broken}", row.scenario));
+                    }
+                }
+            }
+        }
+        Err(error) => failures.push(format!("fault suite could not run: {error}")),
+    }
+
     util::header("doctests (cargo test --doc)");
     let mut cmd = util::cargo();
     cmd.args([
