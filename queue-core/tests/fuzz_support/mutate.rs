@@ -205,7 +205,8 @@ pub fn mutate_value(rng: &mut Rng, value: &mut Value, pool: &[Value], max: usize
                 _ => hostile_scalar(rng),
             };
             let size = to_bytes(&element).len() + 2;
-            let wanted = pick(rng, &[16, 256, 4096, 65536]);
+            // Mostly moderate: a giant array costs every later step (and the run) its size.
+            let wanted = pick(rng, &[16, 64, 256, 1024, 4096, 65536]);
             let count = wanted.min(max / size).max(1);
             *node = Value::Array(vec![element; count]);
         }
