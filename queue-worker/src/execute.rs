@@ -288,6 +288,8 @@ impl Execution<'_> {
     }
 
     async fn succeed(&self, ending: &Ending<'_>, value: Value) {
+        // Counted before the store, so that a client that sees the result sees it counted.
+        self.runtime.stats.succeeded.increment();
         let persisted = async {
             if !ending.ignore_result {
                 self.runtime
@@ -297,9 +299,6 @@ impl Execution<'_> {
             self.apply_callbacks(ending.embed, &value).await
         }
         .await;
-        if persisted.is_ok() {
-            self.runtime.stats.succeeded.increment();
-        }
         for hooks in &self.runtime.hooks {
             guarded(hooks.on_success(ending.context, &value), "on_success").await;
         }
@@ -320,6 +319,7 @@ impl Execution<'_> {
             TaskErrorKind::Panicked => error!(%error, "task failed: panicked"),
             _ => warn!(%error, "task failed"),
         }
+        self.runtime.stats.failed.increment();
         let persisted = async {
             if !ending.ignore_result {
                 self.store_error(TaskState::Failure, &error).await?;
@@ -327,9 +327,6 @@ impl Execution<'_> {
             self.apply_errbacks(ending.embed).await
         }
         .await;
-        if persisted.is_ok() {
-            self.runtime.stats.failed.increment();
-        }
         for hooks in &self.runtime.hooks {
             guarded(hooks.on_failure(ending.context, &error), "on_failure").await;
         }

@@ -236,9 +236,10 @@ pub struct WorkerStats {
     pub received: Counter,
     /// Tasks started.
     pub started: Counter,
-    /// Tasks that succeeded.
+    /// Task runs that succeeded (a run whose result could not be stored, given back and run
+    /// again, counts each time).
     pub succeeded: Counter,
-    /// Tasks that failed for good.
+    /// Task runs that failed for good (counted like `succeeded`).
     pub failed: Counter,
     /// Tasks sent again for a retry.
     pub retried: Counter,
