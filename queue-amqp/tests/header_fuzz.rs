@@ -356,8 +356,8 @@ fn amqp_header_decoder_survives_generated_and_mutated_deliveries() {
         &targets(),
         &config,
     );
-    assert_eq!(report.inputs, config.only.map_or(config.inputs, |_| 1));
     fuzz_support::assert_clean("header-fuzz", &report);
+    assert_eq!(report.inputs, config.only.map_or(config.inputs, |_| 1));
 }
 
 /// The fuzzer starts from deliveries that decode: the captured py-amqp message and the

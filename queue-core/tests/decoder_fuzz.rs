@@ -80,8 +80,8 @@ fn decoders_survive_generated_and_mutated_inputs() {
         &targets(),
         &config,
     );
-    assert_eq!(report.inputs, config.only.map_or(config.inputs, |_| 1));
     fuzz_support::assert_clean("decoder-fuzz", &report);
+    assert_eq!(report.inputs, config.only.map_or(config.inputs, |_| 1));
 }
 
 /// The fuzzer starts from valid messages: every seed decodes with its decoder, so that

@@ -490,13 +490,15 @@ pub fn assert_clean(label: &str, report: &Report) {
             )
         })
         .collect();
+    if let Some(failure) = &report.failure {
+        panic!("{label}: {failure}");
+    }
     assert!(
-        report.panics == 0 && report.alloc_failures == 0 && report.failure.is_none(),
-        "{label}: {} panics, {} inputs past the allocation cap:\n{}{}",
+        report.panics == 0 && report.alloc_failures == 0,
+        "{label}: {} panics, {} inputs past the allocation cap:\n{}",
         report.panics,
         report.alloc_failures,
-        summary.join("\n"),
-        report.failure.as_deref().unwrap_or_default()
+        summary.join("\n")
     );
 }
 
