@@ -271,7 +271,9 @@ fn poison_messages(profile: &Profile, base: &Path) -> Result<Row> {
     let mut workers = Workers::new(base.join("poison.sink"), broker, None, 8);
     workers.spawn()?;
     let mut row = Row::new("poison", good + profile.hostile);
-    let waited = workers.wait_for(good, Duration::from_secs(30));
+    // The good tasks after the hostile block wait until it is dead-lettered (10 MB bodies
+    // in a debug build take seconds each), so the stall watchdog is wider here.
+    let waited = workers.wait_for(good, Duration::from_secs(180));
     // The hostile ones are handled in the same pass; wait for the last dead letters.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut dead = 0;
