@@ -283,7 +283,8 @@ fn redis_message(kind: &str, n: usize, queue: &str) -> Vec<u8> {
             headers.insert(field.into(), value);
             let text = serde_json::to_string(&plain(headers)).expect("serializes");
             let nan = ["NaN", "Infinity", "-Infinity"][n % 3];
-            text.replace(&format!("\"{placeholder}\""), nan).into_bytes()
+            text.replace(&format!("\"{placeholder}\""), nan)
+                .into_bytes()
         }
         "invalid-utf8" => {
             if n % 2 == 0 {

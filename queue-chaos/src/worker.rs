@@ -77,7 +77,10 @@ pub async fn run(options: Options) -> crate::Result<()> {
         .build()
         .await?;
     // xtask reads this line (in the worker's log) to know the process got this far.
-    eprintln!("queue-chaos worker {} consuming {}", options.node, options.queue);
+    eprintln!(
+        "queue-chaos worker {} consuming {}",
+        options.node, options.queue
+    );
     Worker::new(app)
         .queues([options.queue.as_str()])
         .concurrency(options.concurrency)
