@@ -23,6 +23,8 @@ use crate::scripts::{self, Scripts};
 
 /// Most results stored by one script call.
 const STORE_BATCH: usize = 256;
+/// Most stores waiting to be written: past it, `store` waits for room.
+const STORE_QUEUE: usize = 8 * STORE_BATCH;
 
 /// A result backend on Redis that Python's `AsyncResult` reads too. Clones share the
 /// connections.
@@ -106,19 +108,23 @@ impl RedisBackend {
         });
         let stores = {
             let (client, store) = (client.clone(), scripts.store.clone());
-            Batcher::new(STORE_BATCH, move |entries: Vec<(String, Vec<u8>)>| {
-                let (client, store) = (client.clone(), store.clone());
-                async move {
-                    let mut keys = Vec::with_capacity(entries.len());
-                    let mut args = Vec::with_capacity(entries.len() + 1);
-                    args.push(Value::from(expiry_ms));
-                    for (key, value) in entries {
-                        keys.push(key);
-                        args.push(Value::Bytes(value.into()));
+            Batcher::new(
+                STORE_BATCH,
+                STORE_QUEUE,
+                move |entries: Vec<(String, Vec<u8>)>| {
+                    let (client, store) = (client.clone(), store.clone());
+                    async move {
+                        let mut keys = Vec::with_capacity(entries.len());
+                        let mut args = Vec::with_capacity(entries.len() + 1);
+                        args.push(Value::from(expiry_ms));
+                        for (key, value) in entries {
+                            keys.push(key);
+                            args.push(Value::Bytes(value.into()));
+                        }
+                        scripts::run(&client, &store, keys, args).await.map(drop)
                     }
-                    scripts::run(&client, &store, keys, args).await.map(drop)
-                }
-            })
+                },
+            )
         };
         debug!(url = %options, "Redis result backend connected");
         Ok(Self {
@@ -181,36 +187,28 @@ impl RedisBackend {
         self.read(key).await
     }
 
-    async fn subscribe(&self, channel: &str) -> Result<(), BackendError> {
+    /// Subscribes one wait to `channel`. The subscription is shared by the waits on the
+    /// channel and ends with the last of them, however it ends: the returned guard lets go
+    /// of it when released or dropped (a wait that timed out or was cancelled).
+    async fn subscribe(&self, channel: &str) -> Result<Subscription, BackendError> {
         let (subscriber, _) = self.subscriber().await?;
         let mut subscriptions = self.inner.subscriptions.lock().await;
         let count = subscriptions.entry(channel.to_owned()).or_default();
         *count += 1;
+        // Counted: from here on, whatever happens to this future, the guard counts it out.
+        let subscription = Subscription {
+            inner: Some(self.inner.clone()),
+            channel: channel.to_owned(),
+        };
         if *count == 1 {
             // Written, not yet confirmed: `read_after_subscribe` orders the first read after it.
             if let Err(error) = subscriber.subscribe(channel).await {
-                subscriptions.remove(channel);
+                drop(subscriptions);
+                subscription.release().await;
                 return Err(backend_error(error));
             }
         }
-        Ok(())
-    }
-
-    async fn unsubscribe(&self, channel: &str) {
-        let Some((subscriber, _)) = self.inner.subscriber.get() else {
-            return;
-        };
-        let mut subscriptions = self.inner.subscriptions.lock().await;
-        let Some(count) = subscriptions.get_mut(channel) else {
-            return;
-        };
-        *count -= 1;
-        if *count == 0 {
-            subscriptions.remove(channel);
-            if let Err(error) = subscriber.unsubscribe(channel).await {
-                debug!(%error, channel, "unsubscribe failed");
-            }
-        }
+        Ok(subscription)
     }
 
     /// Waits on a subscribed channel: reads the key once the subscription took effect, then
@@ -224,7 +222,7 @@ impl RedisBackend {
         mut reconnects: broadcast::Receiver<fred::types::config::Server>,
         timeout: Duration,
     ) -> Result<Option<TaskMeta>, BackendError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = queue_core::protocol::time::deadline_in(timeout);
         let mut latest = parse_meta(self.read_after_subscribe(key).await?)?;
         loop {
             if latest.as_ref().is_some_and(|meta| meta.status.is_ready()) {
@@ -251,6 +249,54 @@ impl RedisBackend {
                 },
                 () = tokio::time::sleep_until(deadline) => return Ok(latest),
             }
+        }
+    }
+}
+
+/// One wait's share of a channel's subscription (see [`RedisBackend::subscribe`]).
+struct Subscription {
+    /// `None` once released.
+    inner: Option<Arc<Inner>>,
+    channel: String,
+}
+
+impl Subscription {
+    /// Lets go of the subscription now.
+    async fn release(mut self) {
+        if let Some(inner) = self.inner.take() {
+            unsubscribe(&inner, &self.channel).await;
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // A wait dropped while waiting: its share is given up from a task of its own, in
+        // turn with the other subscribes and unsubscribes of the channel (the mutex).
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        let channel = std::mem::take(&mut self.channel);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { unsubscribe(&inner, &channel).await });
+        }
+    }
+}
+
+/// Counts one wait out of `channel`; the last one unsubscribes.
+async fn unsubscribe(inner: &Inner, channel: &str) {
+    let mut subscriptions = inner.subscriptions.lock().await;
+    let Some(count) = subscriptions.get_mut(channel) else {
+        return;
+    };
+    *count -= 1;
+    if *count > 0 {
+        return;
+    }
+    subscriptions.remove(channel);
+    if let Some((subscriber, _)) = inner.subscriber.get() {
+        if let Err(error) = subscriber.unsubscribe(channel).await {
+            debug!(%error, channel, "unsubscribe failed");
         }
     }
 }
@@ -299,11 +345,11 @@ impl ResultBackend for RedisBackend {
         // either read or heard.
         let (subscriber, _) = self.subscriber().await?;
         let (messages, reconnects) = (subscriber.message_rx(), subscriber.reconnect_rx());
-        self.subscribe(&key).await?;
+        let subscription = self.subscribe(&key).await?;
         let result = self
             .wait_subscribed(&key, messages, reconnects, timeout)
             .await;
-        self.unsubscribe(&key).await;
+        subscription.release().await;
         result
     }
 

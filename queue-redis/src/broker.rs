@@ -20,10 +20,11 @@ use crate::batch::Batcher;
 use crate::config::RedisOptions;
 use crate::connection;
 use crate::consumer::RedisConsumer;
+use crate::delay::Parked;
 use crate::error::{RedisError, broker_error};
 use crate::keys::{Keys, SEP};
-use crate::promote::{self, Promoter};
 use crate::scripts::{self, Scripts};
+use crate::wake::Watchers;
 use crate::wire;
 
 /// Most values per `LPUSH`: a large batch becomes several commands of one pipeline.
@@ -31,22 +32,20 @@ const PUSH_CHUNK: usize = 1000;
 /// Most writes coalesced into one pipeline.
 const WRITE_BATCH: usize = 512;
 
+/// Most queue names remembered as declared (a producer may name queues without end).
+const MAX_DECLARED: usize = 10_000;
+/// Most writes waiting to be written: past it, `ack` waits (back-pressure, never a drop).
+const WRITE_QUEUE: usize = 8 * WRITE_BATCH;
+
 /// A write to the `unacked` bookkeeping that need not be waited for, in order.
 pub(crate) enum Write {
     /// Forget an acknowledged message.
     Ack(String),
-    /// Record a message popped by BRPOP: `unacked[tag] = value`, scored `score`.
-    Record {
-        tag: String,
-        value: Vec<u8>,
-        score: i64,
-    },
     /// Nothing: waiting for it waits for the writes sent before it.
     Mark,
 }
 
-/// Writes a batch in one pipeline, in order; consecutive acks become one `HDEL` and one
-/// `ZREM`. As kombu's ack, without MULTI: the hash entry goes first, so that an interruption
+/// Writes a batch of acks in one pipeline: one `HDEL` and one `ZREM`. As kombu's ack, without MULTI: the hash entry goes first, so that an interruption
 /// leaves at most an index entry, which the restore drops.
 async fn write(
     client: &Client,
@@ -54,45 +53,20 @@ async fn write(
     index: &str,
     writes: Vec<Write>,
 ) -> Result<(), RedisError> {
+    let acks: Vec<String> = writes
+        .into_iter()
+        .filter_map(|write| match write {
+            Write::Ack(tag) => Some(tag),
+            Write::Mark => None,
+        })
+        .collect();
+    if acks.is_empty() {
+        return Ok(());
+    }
     let pipeline = client.pipeline();
-    let mut acks: Vec<String> = Vec::new();
-    let mut commands = 0;
-    for write in writes {
-        match write {
-            Write::Ack(tag) => acks.push(tag),
-            Write::Record { tag, value, score } => {
-                if !acks.is_empty() {
-                    let tags = std::mem::take(&mut acks);
-                    let _: () = pipeline.hdel(unacked, tags.clone()).await?;
-                    let _: () = pipeline.zrem(index, tags).await?;
-                    commands += 2;
-                }
-                let _: () = pipeline
-                    .hset(unacked, (tag.as_str(), Value::Bytes(value.into())))
-                    .await?;
-                let _: () = pipeline
-                    .zadd(
-                        index,
-                        None,
-                        None,
-                        false,
-                        false,
-                        (score as f64, tag.as_str()),
-                    )
-                    .await?;
-                commands += 2;
-            }
-            Write::Mark => {}
-        }
-    }
-    if !acks.is_empty() {
-        let _: () = pipeline.hdel(unacked, acks.clone()).await?;
-        let _: () = pipeline.zrem(index, acks).await?;
-        commands += 2;
-    }
-    if commands > 0 {
-        pipeline.all::<Vec<Value>>().await?;
-    }
+    let _: () = pipeline.hdel(unacked, acks.clone()).await?;
+    let _: () = pipeline.zrem(index, acks).await?;
+    pipeline.all::<Vec<Value>>().await?;
     Ok(())
 }
 
@@ -109,10 +83,10 @@ pub(crate) struct BrokerInner {
     pub(crate) client: Client,
     pub(crate) scripts: Scripts,
     declared: Mutex<HashSet<String>>,
-    /// Acks (and records of messages popped by BRPOP) of all consumers, coalesced, in order.
+    /// Acks of all consumers, coalesced, in order.
     pub(crate) writes: Batcher<Write>,
-    /// Delayed messages published here, promoted when due (see `promote`).
-    pub(crate) promoter: Arc<Promoter>,
+    /// The watchers of the lists that consumers wait on (see `wake`).
+    pub(crate) watchers: Watchers,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -138,7 +112,7 @@ impl RedisBroker {
         let writes = {
             let client = client.clone();
             let (unacked, index) = (keys.unacked.clone(), keys.unacked_index.clone());
-            Batcher::new(WRITE_BATCH, move |writes: Vec<Write>| {
+            Batcher::new(WRITE_BATCH, WRITE_QUEUE, move |writes: Vec<Write>| {
                 let (client, unacked, index) = (client.clone(), unacked.clone(), index.clone());
                 async move { write(&client, &unacked, &index, writes).await }
             })
@@ -151,9 +125,8 @@ impl RedisBroker {
             scripts: Scripts::new(),
             declared: Mutex::new(HashSet::new()),
             writes,
-            promoter: Arc::new(Promoter::default()),
+            watchers: Watchers::default(),
         });
-        tokio::spawn(promote::run(inner.promoter.clone(), Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 
@@ -193,9 +166,14 @@ impl BrokerInner {
             .declared
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !declared.insert(queue.to_owned()) {
+        if declared.contains(queue) {
             return None;
         }
+        if declared.len() >= MAX_DECLARED {
+            // Declaring again is harmless (SADD): forget rather than grow without bound.
+            declared.clear();
+        }
+        declared.insert(queue.to_owned());
         let member = format!("{queue}{SEP}{SEP}{queue}");
         Some((
             self.keys.binding(queue),
@@ -214,6 +192,35 @@ impl BrokerInner {
         }
     }
 
+    /// `unacked`, `unacked_index`, then the lists of `queue`: the keys of the length and
+    /// purge scripts.
+    fn script_keys(&self, queue: &str) -> Vec<String> {
+        let mut keys = vec![self.keys.unacked.clone(), self.keys.unacked_index.clone()];
+        keys.extend(self.keys.lists(queue));
+        keys
+    }
+
+    /// Declares `queue` as Celery does (kombu's binding), once per broker.
+    pub(crate) async fn declare(&self, queue: &str) -> Result<(), BrokerError> {
+        let Some((binding, permanent, member)) = self.bindings_to_add(queue) else {
+            return Ok(());
+        };
+        let pipeline = self.client.pipeline();
+        let _: () = pipeline
+            .sadd(binding, member.clone())
+            .await
+            .map_err(broker_error)?;
+        let _: () = pipeline
+            .sadd(permanent, member)
+            .await
+            .map_err(broker_error)?;
+        if let Err(error) = pipeline.all::<Vec<Value>>().await {
+            self.forget_declared(&[queue.to_owned()]);
+            return Err(broker_error(error));
+        }
+        Ok(())
+    }
+
     /// The position (1-based) of the list of kombu priority `wire` among a queue's lists.
     pub(crate) fn lane_of_wire(&self, wire: u8) -> usize {
         let step = self.keys.step_for_wire(wire);
@@ -229,23 +236,7 @@ impl BrokerInner {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
-        let Some((binding, permanent, member)) = self.inner.bindings_to_add(queue) else {
-            return Ok(());
-        };
-        let pipeline = self.inner.client.pipeline();
-        let _: () = pipeline
-            .sadd(binding, member.clone())
-            .await
-            .map_err(broker_error)?;
-        let _: () = pipeline
-            .sadd(permanent, member)
-            .await
-            .map_err(broker_error)?;
-        if let Err(error) = pipeline.all::<Vec<Value>>().await {
-            self.inner.forget_declared(&[queue.to_owned()]);
-            return Err(broker_error(error));
-        }
-        Ok(())
+        self.inner.declare(queue).await
     }
 
     async fn publish(&self, messages: Vec<Publish>) -> Result<(), BrokerError> {
@@ -257,9 +248,8 @@ impl Broker for RedisBroker {
         // Lists in first-use order, each with its elements in publication order: FIFO per list.
         let mut lists: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
         let mut list_index: HashMap<String, usize> = HashMap::new();
-        let mut delayed: Vec<(String, f64, Vec<u8>)> = Vec::new();
+        let mut delayed: Vec<Value> = Vec::new();
         let mut new_queues = Vec::new();
-        let mut due_times: HashMap<String, Vec<i64>> = HashMap::new();
         for publish in &messages {
             let queue = publish.queue.as_str();
             let message = &publish.message;
@@ -275,13 +265,24 @@ impl Broker for RedisBroker {
             }
             match message.headers.eta.filter(|eta| *eta > now) {
                 Some(eta) => {
-                    // Waits in Redis until due: a member `<list number>|<envelope>`.
+                    // Parked in `unacked` until due, where any restore finds it (see `delay`).
                     let lane = inner.lane_of_wire(encoded.wire_priority);
-                    let mut member = format!("{lane}|").into_bytes();
-                    member.extend_from_slice(&encoded.raw);
-                    let due = eta.timestamp_millis();
-                    due_times.entry(queue.to_owned()).or_default().push(due);
-                    delayed.push((inner.keys.delayed(queue), due as f64, member));
+                    let parked = Parked::new(
+                        &encoded.raw,
+                        encoded.tag,
+                        queue,
+                        lane,
+                        eta.timestamp_millis(),
+                        inner.options.visibility_timeout,
+                    );
+                    delayed.extend([
+                        Value::from(parked.tag),
+                        Value::Bytes(parked.value.into()),
+                        Value::from(parked.index_score),
+                        Value::from(inner.keys.delayed(queue)),
+                        Value::from(parked.due_ms.to_string()),
+                        Value::from(parked.member),
+                    ]);
                 }
                 None => {
                     let key = inner.keys.list_for_wire(queue, encoded.wire_priority);
@@ -316,25 +317,22 @@ impl Broker for RedisBroker {
                     .map_err(broker_error)?;
             }
         }
-        for (key, score, member) in delayed {
-            let _: () = pipeline
-                .zadd(
-                    key,
-                    None,
-                    None,
-                    false,
-                    false,
-                    (score, Value::Bytes(member.into())),
-                )
+        let parked = async {
+            if delayed.is_empty() {
+                return Ok(());
+            }
+            let keys = vec![inner.keys.unacked.clone(), inner.keys.unacked_index.clone()];
+            scripts::run(&inner.client, &inner.scripts.park, keys, delayed)
                 .await
-                .map_err(broker_error)?;
-        }
-        if let Err(error) = pipeline.all::<Vec<Value>>().await {
+                .map(drop)
+        };
+        let (pushed, parked) = futures::join!(pipeline.all::<Vec<Value>>(), parked);
+        if let Err(error) = pushed {
             let queues: Vec<String> = new_queues.into_iter().map(|(queue, _)| queue).collect();
             inner.forget_declared(&queues);
             return Err(broker_error(error));
         }
-        inner.promoter.add(due_times);
+        parked?;
         Ok(())
     }
 
@@ -348,11 +346,10 @@ impl Broker for RedisBroker {
 
     async fn queue_length(&self, queue: &str) -> Result<QueueLength, BrokerError> {
         let inner = &self.inner;
-        let lists = inner.keys.lists(queue);
         let reply = scripts::run(
             &inner.client,
             &inner.scripts.length,
-            lists,
+            inner.script_keys(queue),
             vec![
                 Value::from(inner.keys.delayed(queue)),
                 Value::from(now_ms().to_string()),
@@ -384,7 +381,7 @@ impl Broker for RedisBroker {
         let reply = scripts::run(
             &inner.client,
             &inner.scripts.purge,
-            inner.keys.lists(queue),
+            inner.script_keys(queue),
             vec![
                 Value::from(inner.keys.delayed(queue)),
                 Value::from(now_ms().to_string()),

@@ -7,13 +7,16 @@
 //!
 //! | option | default | meaning |
 //! | --- | --- | --- |
-//! | `visibility_timeout` | 3600 | seconds an unacked message waits before any consumer restores it |
+//! | `visibility_timeout` | 3600 | seconds an unacked message waits before any consumer restores it (use the same value as the Python side: delayed messages rely on it) |
 //! | `priority_steps` | `0,3,6,9` | kombu's priority lists; `0,1,2,3,4,5,6,7,8,9` gives one per priority |
 //! | `global_keyprefix` | none | prefix of every key (kombu's transport option of that name) |
 //! | `result_expires` | 86400 | seconds a stored result lives (`0`: forever) |
 //! | `command_timeout` | 30 | seconds before a command fails while the server is unreachable |
 //! | `ssl_ca_certs` | system roots | PEM file of the CA that signed the server's certificate (`rediss`) |
 //! | `ssl_certfile`, `ssl_keyfile` | none | PEM client certificate and key, for mutual TLS (`rediss`) |
+//!
+//! Seconds are decimal numbers from 0 to 1e10; anything else (NaN, negative, too large, not
+//! a number) is a [`RedisError::Config`] naming the option.
 
 use std::fmt;
 use std::sync::Arc;
@@ -105,16 +108,7 @@ impl RedisOptions {
     }
 
     fn set(&mut self, name: &str, value: &str) -> Result<(), RedisError> {
-        let seconds = |value: &str| -> Result<Duration, RedisError> {
-            value
-                .parse::<f64>()
-                .ok()
-                .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
-                .map(Duration::from_secs_f64)
-                .ok_or_else(|| {
-                    RedisError::Config(format!("{name}={value:?} is not a number of seconds"))
-                })
-        };
+        let seconds = |value: &str| parse_seconds(name, value);
         match name {
             "visibility_timeout" => self.visibility_timeout = seconds(value)?,
             "priority_steps" => self.priority_steps = parse_steps(value)?,
@@ -227,6 +221,31 @@ impl fmt::Display for RedisOptions {
     }
 }
 
+/// Largest number of seconds an option takes (about 317 years): any larger value (or NaN,
+/// infinity, a negative number) is a configuration error, never a panic or an overflow
+/// in the arithmetic of deadlines and Redis scores later on.
+pub(crate) const MAX_SECONDS: f64 = 1e10;
+
+/// A non-negative, finite number of seconds of at most [`MAX_SECONDS`].
+fn parse_seconds(name: &str, value: &str) -> Result<Duration, RedisError> {
+    let invalid = |why: &str| {
+        RedisError::Config(format!(
+            "{name}={value:?} is not a number of seconds from 0 to {MAX_SECONDS:e}: {why}"
+        ))
+    };
+    let seconds: f64 = value.trim().parse().map_err(|_| invalid("not a number"))?;
+    if seconds.is_nan() {
+        return Err(invalid("NaN"));
+    }
+    if seconds < 0.0 {
+        return Err(invalid("negative"));
+    }
+    if seconds > MAX_SECONDS {
+        return Err(invalid("too large"));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|_| invalid("out of range"))
+}
+
 fn parse_steps(value: &str) -> Result<Vec<u8>, RedisError> {
     let invalid = || {
         RedisError::Config(format!(
@@ -334,6 +353,56 @@ mod tests {
         ] {
             let error = RedisOptions::from_url(url).unwrap_err().to_string();
             assert!(!error.contains("pw"), "{error}");
+        }
+    }
+
+    #[test]
+    fn hostile_numbers_in_options_are_clear_errors_not_panics() {
+        for option in ["visibility_timeout", "result_expires", "command_timeout"] {
+            for (value, why) in [
+                ("NaN", "NaN"),
+                ("nan", "NaN"),
+                ("-1", "negative"),
+                ("-0.001", "negative"),
+                ("-inf", "negative"),
+                ("inf", "too large"),
+                ("1e300", "too large"),
+                ("18446744073709551616", "too large"),
+                ("10000000001", "too large"),
+                ("", "not a number"),
+                ("ten", "not a number"),
+                ("0x10", "not a number"),
+            ] {
+                let url = format!("redis://:pw@h/0?{option}={value}");
+                let error = RedisOptions::from_url(&url).unwrap_err();
+                let text = error.to_string();
+                assert!(matches!(error, RedisError::Config(_)), "{text}");
+                assert!(text.contains(option) && text.contains(why), "{text}");
+                assert!(!text.contains("pw"), "{text}");
+            }
+        }
+        // The bounds themselves are accepted.
+        let options =
+            RedisOptions::from_url("redis://h/0?visibility_timeout=1e10&result_expires=0").unwrap();
+        assert_eq!(
+            options.visibility_timeout,
+            Duration::from_secs(10_000_000_000)
+        );
+        for steps in [
+            "",
+            "0,300",
+            "0,-3",
+            "0,NaN",
+            "0,3,3",
+            "0,1,2,3,4,5,6,7,8,9,10",
+        ] {
+            let url = format!("redis://h/0?priority_steps={steps}");
+            let error = RedisOptions::from_url(&url).unwrap_err();
+            assert!(error.to_string().contains("priority_steps"), "{error}");
+        }
+        for database in ["256", "-1", "NaN", "99999999999999999999"] {
+            let error = RedisOptions::from_url(&format!("redis://h/{database}")).unwrap_err();
+            assert!(error.to_string().contains("database"), "{error}");
         }
     }
 }

@@ -17,11 +17,11 @@
 //! | key | type | content |
 //! | --- | --- | --- |
 //! | `<queue>`, `<queue>\x06\x16<step>` | list | kombu envelopes; `LPUSH` in, `RPOP`/`BRPOP` out |
-//! | `unacked` | hash | delivery tag → `[envelope, "", "<queue>"]` of each fetched, unacked message |
-//! | `unacked_index` | sorted set | delivery tag, scored by fetch (or renew) time in seconds |
+//! | `unacked` | hash | delivery tag → `[envelope, "", "<queue>"]` of each fetched, unacked message, and of each delayed one |
+//! | `unacked_index` | sorted set | delivery tag, scored by fetch (or renew) time in seconds; a delayed message by its due time minus the visibility timeout |
 //! | `unacked_mutex` | string | kombu's lock around the visibility-timeout restore |
 //! | `_kombu.binding.<queue>`, `_kombu.binding_permanent.<queue>` | set | the queue's binding, as Celery declares it |
-//! | `_queue.delayed.<queue>` | sorted set | ours: messages waiting for their eta, scored by due time (ms), member `<list number>\|<envelope>` |
+//! | `_queue.delayed.<queue>` | sorted set | ours: an index of the delayed messages of the queue, scored by due time (ms), member `<list number>\|<index score>\|<envelope length>\|<tag>` |
 //! | `<queue>.dead_letter` | list | ours: dead letters, newest at the head (see below) |
 //! | `celery-task-meta-<id>` | string | Celery's task meta JSON, `SET … PX` with the result expiry, `PUBLISH`ed on its own name |
 //! | `celery-taskset-meta-<gid>` | string | Celery's group record `{"result": [[gid, null], [[[tid, null], null], …]]}` |
@@ -51,11 +51,29 @@
 //!
 //! # Acknowledgement, visibility timeout, restore
 //!
-//! A fetch takes messages and records them in `unacked`/`unacked_index` in one script (no
-//! window in which a message is only in a client's memory, except for `BRPOP`'s reply when
-//! idle, which kombu shares). Ack removes both entries; reject without requeue too; reject
-//! with requeue pushes the message back at the tail (kombu's `LPUSH`), marked redelivered;
-//! closing or dropping a consumer gives back what it holds at the head of its lists.
+//! A fetch takes messages and records them in `unacked`/`unacked_index` in one script: no
+//! message is ever only in a client's memory, so a consumer killed at any point loses
+//! nothing (what it took comes back after the visibility timeout). An idle consumer does not
+//! wait in `BRPOP`, whose reply would be the only copy of the message it pops (kombu's
+//! window): a watcher per list blocks in `BLMOVE <list> <list> RIGHT RIGHT`, which returns
+//! when the list holds something and leaves it as it was, and the consumer then takes with
+//! the script. A Python worker's `BRPOP` on the same list is served as before. Each watched
+//! list costs a connection per process (shared by the consumers of a broker), blocked only
+//! while a consumer waits.
+//!
+//! Ack removes both entries; reject without requeue too; reject with requeue pushes the
+//! message back at the tail (kombu's `LPUSH`), marked redelivered; closing or dropping a
+//! consumer gives back what it holds at the head of its lists. Acks are not waited for (as
+//! AMQP's): they go out in batches through a bounded queue (a full one makes `ack` wait),
+//! and `close` returns once those sent before it are written. A process killed meanwhile
+//! loses at most the acks not yet written: at most 4096 queued plus a batch of 512 in
+//! flight, in practice those of the last round trip. Those messages run again after the
+//! visibility timeout: duplicates after a crash are bounded by the tasks in flight plus
+//! those unwritten acks.
+//!
+//! `republish_and_ack` (a retry) is one script: the original leaves `unacked` and its
+//! replacement goes to its list or, with an eta, is delayed as below; if the original is no
+//! longer unacked (a restore gave it back meanwhile, so it runs again), no retry is added.
 //! Messages whose `unacked_index` score is older than `visibility_timeout` (default 3600 s,
 //! kombu's) belong to a dead consumer: any consumer, ours or Python's, restores them under
 //! `unacked_mutex`. A live consumer renews the score of what it holds every quarter of the
@@ -64,14 +82,37 @@
 //!
 //! # Delayed messages
 //!
-//! A message published with a future eta, or deferred by a worker, waits in
-//! `_queue.delayed.<queue>`, not in `unacked` (so no restore mistakes it for lost) and not in
-//! a worker's memory. Consumers of the queue (and `queue_length`, `purge`) move due messages
-//! to the head of their list in one script. Python workers never look at the set, so the
-//! publishing process also promotes what it published when it is due, for as long as it
-//! runs: a delayed message published by a Rust producer that exits before it is due, on a
-//! queue that only Python workers serve, waits until a Rust consumer (or `queue_length`)
-//! comes by.
+//! A message published with a future eta, deferred by a worker, or retried with a
+//! countdown is **parked in kombu's own bookkeeping**: an `unacked` entry
+//! `[envelope, "", "<queue>"]` whose `unacked_index` score is its due time minus the
+//! visibility timeout. Every visibility-timeout restore therefore finds it overdue exactly
+//! when it is due and puts it back into its list, whoever runs the restore: our consumers
+//! (of any queue) and Python Celery workers, whose kombu runs `restore_visible`
+//! periodically. So a delayed task runs when due whoever consumes its queue, and whether
+//! or not the process that published it still runs; it is never in a worker's memory, and
+//! a worker killed while it waits changes nothing. `_queue.delayed.<queue>` indexes these
+//! entries by due time so that our consumers of the queue (and `queue_length`, `purge`)
+//! promote them to the head of their list on time, in the fetch script; a promotion checks
+//! that the entry is still the parked one, so a message that a restore already gave back is
+//! never pushed twice.
+//!
+//! How late a due message can be:
+//!
+//! - a consumer of ours on the queue: on time (it wakes for the earliest due time, and takes
+//!   at least every second);
+//! - only other consumers of ours on the Redis database: within their restore interval
+//!   (half the visibility timeout, at most 10 s);
+//! - only Python workers: within kombu's restore interval, `unacked_restore_interval` ×
+//!   `unacked_restore_throttle` seconds (10 × 10 by default in kombu 5.7; set
+//!   `broker_transport_options = {"unacked_restore_throttle": 1}` for 10 s). Python then
+//!   marks it redelivered (kombu's restore does).
+//!
+//! This relies on both sides using the same `visibility_timeout` (already needed for the
+//! restore of lost messages): with a shorter one on the Python side the message goes back
+//! to its list early and a Python worker holds it in memory until its eta (Celery's own
+//! behaviour for an eta); with a longer one it is late by the difference. `HLEN unacked`
+//! counts delayed messages. Members of the older layout (`<list number>|<envelope>`) are
+//! still promoted.
 //!
 //! # Dead letters
 //!
@@ -93,11 +134,12 @@ mod broker;
 mod config;
 mod connection;
 mod consumer;
+mod delay;
 mod error;
 mod keys;
-mod promote;
 mod restore;
 mod scripts;
+mod wake;
 mod wire;
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The Lua scripts. Each moves messages between kombu's structures in one atomic step, so
-//! that a message is always in exactly one place: a list, the `unacked` hash, a delayed set
-//! or a dead-letter list — never only in a client's memory.
+//! that a message is always in exactly one place: a list, the `unacked` hash (taken, or
+//! delayed: see `promote_lua`) or a dead-letter list — never only in a client's memory.
 
 use fred::clients::Client;
 use fred::types::scripts::Script;
@@ -8,14 +8,22 @@ use fred::types::{MultipleKeys, MultipleValues, Value};
 
 use crate::error::RedisError;
 
-/// Moves due members of delayed sets back to the head of their lists. A member is
-/// `<list number>|<envelope>`: the number is the position of the list among its queue's
-/// lists (1-based), clamped in case the priority steps changed meanwhile. `next_due` ends as
-/// the earliest remaining score (ms) or false.
+/// Moves due delayed messages back to the head of their lists.
+///
+/// A delayed message is an `unacked` entry (`[envelope, "", queue]`) whose `unacked_index`
+/// score is its due time minus the visibility timeout, so that kombu's restore (and ours)
+/// brings it back when due; the delayed set indexes it for an exact promotion, scored by due
+/// time (ms), member `<list number>|<index score>|<envelope length>|<tag>`. A member is
+/// promoted only while the entry is still the parked one (its index score unchanged): one
+/// that a restore brought back, and that a consumer may hold again under the same tag, is
+/// left alone and its member dropped. Members `<list number>|<envelope>` (the layout before
+/// delayed messages were parked in `unacked`) are pushed as they are. The list number is the
+/// position of the list among its queue's lists (1-based), clamped in case the priority
+/// steps changed meanwhile. Returns the earliest remaining score (ms) or false.
 macro_rules! promote_lua {
     () => {
         r#"
-local function promote(delayed, first_list_key, per, now_ms)
+local function promote(unacked, index, delayed, first_list_key, per, now_ms)
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms, 'LIMIT', 0, 1000)
   -- Latest first, each to the head: the earliest due ends up served first.
   for k = #due, 1, -1 do
@@ -25,7 +33,25 @@ local function promote(delayed, first_list_key, per, now_ms)
       local lane = tonumber(string.sub(member, 1, bar - 1)) or 1
       if lane < 1 then lane = 1 end
       if lane > per then lane = per end
-      redis.call('RPUSH', KEYS[first_list_key + lane - 1], string.sub(member, bar + 1))
+      local list = KEYS[first_list_key + lane - 1]
+      local rest = string.sub(member, bar + 1)
+      if string.sub(rest, 1, 1) == '{' then
+        redis.call('RPUSH', list, rest)
+      else
+        local score, len, tag = string.match(rest, '^([^|]+)|(%d+)|(.+)$')
+        len = tonumber(len)
+        if tag then
+          local value = redis.call('HGET', unacked, tag)
+          local current = redis.call('ZSCORE', index, tag)
+          if value and current and tonumber(current) == tonumber(score)
+              and string.sub(value, 1, 1) == '['
+              and string.sub(value, len + 2, len + 2) == ',' then
+            redis.call('HDEL', unacked, tag)
+            redis.call('ZREM', index, tag)
+            redis.call('RPUSH', list, string.sub(value, 2, len + 1))
+          end
+        end
+      end
     end
     redis.call('ZREM', delayed, member)
   end
@@ -39,16 +65,15 @@ end
 
 /// Promotes due delayed messages, then takes up to `max` messages in serving order and
 /// records each in `unacked` (`[envelope, "", queue]`, as kombu does) and `unacked_index`
-/// (score: now) in the same step. Elements already popped by a blocking `BRPOP` are passed
-/// in and recorded first. Elements without a delivery tag get one (`<nonce>:<n>`); elements
-/// that are not JSON objects are returned with an empty tag and not recorded (they cannot
-/// be restored by kombu and are dead-lettered by the worker).
+/// (score: now) in the same step, so that a taken message is never only in a client's
+/// memory. Elements without a delivery tag get one (`<nonce>:<n>`); elements that are not
+/// JSON objects are returned with an empty tag and not recorded (they cannot be restored by
+/// kombu and are dead-lettered by the worker).
 ///
 /// KEYS: unacked, unacked_index, then the lists of each queue, queue by queue.
 /// ARGV: max, index score (s), nonce, lists per queue, Q, now (ms), Q queue names, Q
-/// delayed sets, S, S
-/// sequences of Q queue numbers (1-based; one sequence: take greedily; several: one
-/// message per sequence), P, P pairs (list number, element).
+/// delayed sets, S, S sequences of Q queue numbers (1-based; one sequence: take greedily;
+/// several: one message per sequence).
 /// Returns: (list number, tag, element) triples, then the next due time (ms) or "".
 const FETCH: &str = concat!(
     promote_lua!(),
@@ -68,11 +93,10 @@ for j = 1, s do
   for i = 1, q do seq[i] = tonumber(ARGV[pos]); pos = pos + 1 end
   seqs[j] = seq
 end
-local p = tonumber(ARGV[pos]); pos = pos + 1
 
 local next_due = false
 for i = 1, q do
-  local due = promote(delayed[i], 3 + (i - 1) * per, per, now_ms)
+  local due = promote(unacked, index, delayed[i], 3 + (i - 1) * per, per, now_ms)
   if due and (not next_due or due < next_due) then next_due = due end
 end
 
@@ -107,11 +131,7 @@ local function claim(li, raw)
   out[#out + 1] = raw
 end
 
-for k = 1, p do
-  claim(tonumber(ARGV[pos]), ARGV[pos + 1])
-  pos = pos + 2
-end
-local taken = p
+local taken = 0
 if s == 1 then
   for _, qi in ipairs(seqs[1]) do
     for l = 1, per do
@@ -157,30 +177,80 @@ return out
 
 /// Moves held messages out of `unacked` to a destination, each only if it is still unacked
 /// (so that a message acked or restored meanwhile by another process is not duplicated).
-/// KEYS: unacked, unacked_index. ARGV: groups of (op, tag, destination, payload, score);
-/// op `L` LPUSH, `R` RPUSH, `Z` ZADD with score. An empty tag (a message never recorded in
-/// `unacked`) moves unconditionally. Returns how many moved.
+/// KEYS: unacked, unacked_index. ARGV: groups of (op, tag, destination, payload, score,
+/// index score); op `L` LPUSH, `R` RPUSH: the payload leaves `unacked`; op `P` parks the
+/// message where it is until `score` (ms): its `unacked` entry stays, its index score
+/// becomes the given one, and the payload (a delayed-set member) goes into the delayed set
+/// `destination`. An empty tag (a message never recorded in `unacked`) moves
+/// unconditionally (`L`, `R` only). Returns how many moved.
 const MOVE: &str = r#"
 local moved = 0
-for k = 1, #ARGV, 5 do
-  local op, tag, dest, payload, score = ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3], ARGV[k + 4]
-  local owned = tag == ''
-  if not owned then
-    owned = redis.call('HDEL', KEYS[1], tag) == 1
-    redis.call('ZREM', KEYS[2], tag)
-  end
-  if owned then
-    if op == 'L' then
-      redis.call('LPUSH', dest, payload)
-    elseif op == 'R' then
-      redis.call('RPUSH', dest, payload)
-    elseif op == 'Z' then
+for k = 1, #ARGV, 6 do
+  local op, tag, dest, payload = ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3]
+  local score, index_score = ARGV[k + 4], ARGV[k + 5]
+  if op == 'P' then
+    if tag ~= '' and redis.call('HEXISTS', KEYS[1], tag) == 1 then
+      redis.call('ZADD', KEYS[2], index_score, tag)
       redis.call('ZADD', dest, score, payload)
+      moved = moved + 1
     end
-    moved = moved + 1
+  else
+    local owned = tag == ''
+    if not owned then
+      owned = redis.call('HDEL', KEYS[1], tag) == 1
+      redis.call('ZREM', KEYS[2], tag)
+    end
+    if owned then
+      if op == 'L' then
+        redis.call('LPUSH', dest, payload)
+      elseif op == 'R' then
+        redis.call('RPUSH', dest, payload)
+      end
+      moved = moved + 1
+    end
   end
 end
 return moved
+"#;
+
+/// Records new delayed messages (see `promote_lua`): each in `unacked`, in `unacked_index`
+/// at its due time minus the visibility timeout, and in its delayed set, in one step.
+/// KEYS: unacked, unacked_index. ARGV: groups of (tag, unacked value, index score, delayed
+/// set, due (ms), member).
+const PARK: &str = r#"
+for k = 1, #ARGV, 6 do
+  local tag = ARGV[k]
+  redis.call('HSET', KEYS[1], tag, ARGV[k + 1])
+  redis.call('ZADD', KEYS[2], ARGV[k + 2], tag)
+  redis.call('ZADD', ARGV[k + 3], ARGV[k + 4], ARGV[k + 5])
+end
+return #ARGV / 6
+"#;
+
+/// A retry in place of its original, in one step: the original leaves `unacked` and the
+/// replacement goes to its list (`L`: LPUSH, as a publish) or is parked until due (`P`: as
+/// `PARK`). Nothing happens unless the original is still unacked (or was never recorded:
+/// empty tag), so that an original restored meanwhile is not doubled by its retry.
+/// KEYS: unacked, unacked_index. ARGV: original tag, op, destination (list or delayed set),
+/// payload (envelope or member), due (ms), new tag, unacked value, index score.
+/// Returns 1 when replaced, 0 when the original was no longer unacked.
+const REPLACE: &str = r#"
+local tag, op, dest, payload = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if tag ~= '' then
+  if redis.call('HDEL', KEYS[1], tag) == 0 then
+    redis.call('ZREM', KEYS[2], tag)
+    return 0
+  end
+  redis.call('ZREM', KEYS[2], tag)
+end
+if op == 'P' then
+  redis.call('HSET', KEYS[1], ARGV[6], ARGV[7])
+  redis.call('ZADD', KEYS[2], ARGV[8], ARGV[6])
+  redis.call('ZADD', dest, ARGV[5], payload)
+else
+  redis.call('LPUSH', dest, payload)
+end
+return 1
 "#;
 
 /// Restores overdue messages (the visibility-timeout sweep): each only if its `unacked`
@@ -218,26 +288,29 @@ return 0
 "#;
 
 /// Ready messages per list of one queue, after promoting its due delayed messages.
-/// KEYS: the queue's lists. ARGV: delayed set, now (ms). Returns the lengths.
+/// KEYS: unacked, unacked_index, the queue's lists. ARGV: delayed set, now (ms). Returns
+/// the lengths.
 const LENGTH: &str = concat!(
     promote_lua!(),
     r#"
-promote(ARGV[1], 1, #KEYS, tonumber(ARGV[2]))
+promote(KEYS[1], KEYS[2], ARGV[1], 3, #KEYS - 2, tonumber(ARGV[2]))
 local lengths = {}
-for i = 1, #KEYS do lengths[i] = redis.call('LLEN', KEYS[i]) end
+for i = 3, #KEYS do lengths[i - 2] = redis.call('LLEN', KEYS[i]) end
 return lengths
 "#
 );
 
 /// Deletes the ready messages of one queue (after promoting due ones); returns how many.
-/// KEYS: the queue's lists. ARGV: delayed set, now (ms).
+/// KEYS: unacked, unacked_index, the queue's lists. ARGV: delayed set, now (ms).
 const PURGE: &str = concat!(
     promote_lua!(),
     r#"
-promote(ARGV[1], 1, #KEYS, tonumber(ARGV[2]))
+promote(KEYS[1], KEYS[2], ARGV[1], 3, #KEYS - 2, tonumber(ARGV[2]))
 local total = 0
-for i = 1, #KEYS do total = total + redis.call('LLEN', KEYS[i]) end
-redis.call('DEL', unpack(KEYS))
+for i = 3, #KEYS do
+  total = total + redis.call('LLEN', KEYS[i])
+  redis.call('DEL', KEYS[i])
+end
 return total
 "#
 );
@@ -279,6 +352,8 @@ return stored
 pub(crate) struct Scripts {
     pub(crate) fetch: Script,
     pub(crate) moves: Script,
+    pub(crate) park: Script,
+    pub(crate) replace: Script,
     pub(crate) restore_overdue: Script,
     pub(crate) release_mutex: Script,
     pub(crate) length: Script,
@@ -291,6 +366,8 @@ impl Scripts {
         Self {
             fetch: Script::from_lua(FETCH),
             moves: Script::from_lua(MOVE),
+            park: Script::from_lua(PARK),
+            replace: Script::from_lua(REPLACE),
             restore_overdue: Script::from_lua(RESTORE_OVERDUE),
             release_mutex: Script::from_lua(RELEASE_MUTEX),
             length: Script::from_lua(LENGTH),

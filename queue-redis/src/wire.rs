@@ -13,6 +13,8 @@ use crate::keys::{our_priority, wire_priority};
 /// priority number (which decides the list).
 pub(crate) struct Encoded {
     pub(crate) raw: Vec<u8>,
+    /// Its fresh `properties.delivery_tag`.
+    pub(crate) tag: String,
     pub(crate) wire_priority: u8,
 }
 
@@ -26,10 +28,10 @@ pub(crate) fn encode(message: &Message, queue: &str) -> Encoded {
     let mut message = message.clone();
     let properties = &mut message.properties;
     properties.priority = Some(wire);
-    properties.extra.insert(
-        "delivery_tag".to_owned(),
-        Value::String(uuid::Uuid::new_v4().to_string()),
-    );
+    let tag = uuid::Uuid::new_v4().to_string();
+    properties
+        .extra
+        .insert("delivery_tag".to_owned(), Value::String(tag.clone()));
     // Always the default exchange and the queue itself: a Python restore then puts the
     // message back into this queue without consulting bindings.
     properties.extra.insert(
@@ -39,6 +41,7 @@ pub(crate) fn encode(message: &Message, queue: &str) -> Encoded {
     message.headers.extra.remove("redelivered");
     Encoded {
         raw: envelope::encode(&message),
+        tag,
         wire_priority: wire,
     }
 }
@@ -68,23 +71,6 @@ pub(crate) fn decode(raw: &[u8]) -> (Result<Message, Undecodable>, bool) {
 
 fn is_true(value: Option<Value>) -> bool {
     matches!(value, Some(Value::Bool(true)))
-}
-
-/// The delivery tag of a raw kombu envelope (`properties.delivery_tag`), if it has one.
-pub(crate) fn delivery_tag(raw: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        properties: Tagged,
-    }
-    #[derive(serde::Deserialize)]
-    struct Tagged {
-        delivery_tag: Option<String>,
-    }
-    let envelope: Envelope = serde_json::from_slice(raw).ok()?;
-    envelope
-        .properties
-        .delivery_tag
-        .filter(|tag| !tag.is_empty())
 }
 
 /// kombu's `unacked` value of a taken envelope: `[envelope, "", "<queue>"]`, the envelope
@@ -219,7 +205,8 @@ mod tests {
             "celery"
         );
         assert_eq!(value["properties"]["body_encoding"], "base64");
-        assert!(value["properties"]["delivery_tag"].as_str().unwrap().len() == 36);
+        assert_eq!(value["properties"]["delivery_tag"], encoded.tag.as_str());
+        assert_eq!(encoded.tag.len(), 36);
         let (decoded, redelivered) = decode(&encoded.raw);
         assert_eq!(decoded.unwrap().properties.priority, Some(8));
         assert!(!redelivered);
@@ -229,15 +216,13 @@ mod tests {
     #[test]
     fn unacked_value_is_kombus_triple() {
         let encoded = encode(&message(1), "q\"1");
-        let tag = delivery_tag(&encoded.raw).unwrap();
+        let tag = encoded.tag.clone();
         let triple: Value = serde_json::from_slice(&unacked_value(&encoded.raw, "q\"1")).unwrap();
         assert_eq!(triple[0]["properties"]["delivery_tag"], tag.as_str());
         assert_eq!(
             (&triple[1], &triple[2]),
             (&Value::from(""), &Value::from("q\"1"))
         );
-        assert_eq!(delivery_tag(b"{\"properties\": {}}"), None);
-        assert_eq!(delivery_tag(b"garbage"), None);
     }
 
     #[test]

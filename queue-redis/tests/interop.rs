@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use fred::prelude::{ListInterface, SortedSetsInterface};
+use fred::prelude::{HashesInterface, ListInterface, SortedSetsInterface};
 use fred::types::Value;
 use queue_core::{Broker, ConsumeOptions, Publish, ResultBackend, TaskMeta};
 use serde_json::{Value as Json, json};
@@ -260,4 +260,91 @@ async fn kombus_restore_gives_back_what_a_dead_rust_worker_held() {
     other.ack(&again[0]).await.unwrap();
     other.close().await.unwrap();
     consumer.close().await.unwrap();
+}
+
+const KOMBU_RESTORE_AND_GET: &str = r#"
+import json, sys, time
+from kombu import Connection, Queue
+url, prefix, queue, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+got = None
+with Connection(url, transport_options={'global_keyprefix': prefix}) as conn:
+    channel = conn.default_channel
+    bound = Queue(queue).bind(channel)
+    deadline = time.time() + seconds
+    while True:
+        # What a Celery worker does every few seconds (its restore sweep), then a take.
+        channel.qos.restore_visible(num=1000)
+        message = bound.get(no_ack=False)
+        if message is not None:
+            got = {'id': message.headers['id'], 'eta': message.headers['eta'], 'at': time.time()}
+            message.ack()
+            break
+        if time.time() >= deadline:
+            break
+        time.sleep(0.1)
+print(json.dumps(got))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_message_of_a_producer_gone_is_brought_back_by_kombu_when_due() {
+    let Some(python) = python() else { return };
+    let prefix = format!("{}:", unique("delayed"));
+    let Some(url) = common::redis_url(DB, &format!("global_keyprefix={prefix}")) else {
+        return;
+    };
+    let plain = url.split('?').next().unwrap().to_owned();
+    let queue = unique("later");
+    let due = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    {
+        // The producer publishes a countdown and goes away before it is due.
+        let producer = queue_redis::RedisBroker::connect(&url).await.unwrap();
+        let mut later = message("later", 9);
+        later.headers.eta = Some(due.fixed_offset());
+        producer
+            .publish(vec![Publish::new(&queue, later)])
+            .await
+            .unwrap();
+    }
+    let run = |seconds: &str| {
+        let out = run_python(
+            &python,
+            KOMBU_RESTORE_AND_GET,
+            &[&plain, &prefix, &queue, seconds],
+        );
+        serde_json::from_str::<Json>(&out).unwrap()
+    };
+    // Before it is due, kombu's restore leaves it where it is.
+    let early = run("0");
+    if !early.is_null() {
+        let at = early["at"].as_f64().unwrap();
+        assert!(
+            at + 0.05 >= due.timestamp_millis() as f64 / 1000.0,
+            "kombu got it before its eta: {early}"
+        );
+    }
+    // Once due, a Python-only consumer gets it: kombu's restore brings it back.
+    let got = if early.is_null() { run("20") } else { early };
+    assert_eq!(got["id"], "later", "kombu never saw the delayed message");
+    let at = got["at"].as_f64().unwrap();
+    assert!(
+        at + 0.05 >= due.timestamp_millis() as f64 / 1000.0,
+        "not before its eta: {got}"
+    );
+    assert!(got["eta"].as_str().is_some(), "it keeps its eta header");
+    // Taken and acked by kombu: nothing of it left in `unacked` (the delayed set's member
+    // is dropped by our next promotion, which finds the entry gone).
+    let client = queue_redis::RedisBroker::connect(&url).await.unwrap();
+    let unacked: i64 = client
+        .client()
+        .hlen(format!("{prefix}unacked"))
+        .await
+        .unwrap();
+    assert_eq!(unacked, 0);
+    assert_eq!(client.queue_length(&queue).await.unwrap().total, 0);
+    let members: i64 = client
+        .client()
+        .zcard(format!("{prefix}_queue.delayed.{queue}"))
+        .await
+        .unwrap();
+    assert_eq!(members, 0, "the stale member is dropped, promoting nothing");
 }

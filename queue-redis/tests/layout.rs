@@ -254,7 +254,7 @@ async fn a_dropped_fetch_loses_nothing() {
         .consume(ConsumeOptions::new([queue.clone()]))
         .await
         .unwrap();
-    // A fetch waiting in BRPOP whose caller gives up.
+    // A fetch waiting on the empty queue whose caller gives up.
     let waiting = consumer.fetch(1, Duration::from_secs(3));
     assert!(
         tokio::time::timeout(Duration::from_millis(100), waiting)
@@ -301,15 +301,40 @@ async fn an_eta_message_found_in_the_queue_is_deferred_into_redis() {
         panic!()
     };
     consumer.defer(&delivery, due.fixed_offset()).await.unwrap();
-    // Waiting in Redis, not in unacked: no restore can take it for lost.
+    // Parked in Redis as an unacked entry whose visibility ends at its eta, so that any
+    // restore (kombu's too) brings it back when due; the delayed set indexes it.
     let in_unacked: Option<String> = broker.client().hget("unacked", tag.as_str()).await.unwrap();
-    assert!(in_unacked.is_none());
-    let delayed: i64 = broker
+    let in_unacked: Json = serde_json::from_str(&in_unacked.expect("still in unacked")).unwrap();
+    assert_eq!(in_unacked[0]["headers"]["id"], "later");
+    assert_eq!(
+        (&in_unacked[1], &in_unacked[2]),
+        (&json!(""), &json!(queue))
+    );
+    let score: f64 = broker
         .client()
-        .zcard(format!("_queue.delayed.{queue}"))
+        .zscore("unacked_index", tag.as_str())
         .await
         .unwrap();
-    assert_eq!(delayed, 1);
+    let due_seconds = due.timestamp_millis() as f64 / 1000.0;
+    assert!(
+        (score - (due_seconds - 3600.0)).abs() < 0.01,
+        "index score {score}: due time minus the visibility timeout"
+    );
+    let members: Vec<String> = broker
+        .client()
+        .zrange(
+            format!("_queue.delayed.{queue}"),
+            0,
+            -1,
+            None,
+            false,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(members.len(), 1);
+    assert!(members[0].starts_with("1|") && members[0].ends_with(&format!("|{tag}")));
     let again = consumer.fetch(1, WAIT).await.unwrap().remove(0);
     assert!(
         chrono::Utc::now() + chrono::Duration::milliseconds(50) >= due,
@@ -373,8 +398,9 @@ async fn renew_touches_only_unacked_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_taken_while_waiting_is_recorded_in_order() {
-    let Some(broker) = common::broker(DB, "global_keyprefix=waiting-test:").await else {
+async fn a_message_taken_while_waiting_is_recorded_when_taken() {
+    let prefix = format!("{}:", unique("waiting"));
+    let Some(broker) = common::broker(DB, &format!("global_keyprefix={prefix}")).await else {
         return;
     };
     let client = broker.client();
@@ -386,17 +412,33 @@ async fn a_message_taken_while_waiting_is_recorded_in_order() {
     let take = |consumer: std::sync::Arc<dyn queue_core::Consumer>| {
         tokio::spawn(async move { consumer.fetch(5, WAIT).await.unwrap() })
     };
-    // Taken by the waiting BRPOP; its record goes out ahead of its ack.
-    let waiting = take(consumer.clone());
-    broker
-        .publish(vec![Publish::new(&queue, message("acked", 0))])
-        .await
-        .unwrap();
-    let taken = waiting.await.unwrap();
-    assert_eq!(taken.iter().map(id_of).collect::<Vec<_>>(), ["acked"]);
-    consumer.ack(&taken[0]).await.unwrap();
+    for id in ["first", "second"] {
+        // Published while the consumer waits on the empty queue: recorded in `unacked` by
+        // the time the fetch returns it (in the same step as it left the list).
+        let waiting = take(consumer.clone());
+        broker
+            .publish(vec![Publish::new(&queue, message(id, 0))])
+            .await
+            .unwrap();
+        let taken = waiting.await.unwrap();
+        assert_eq!(taken.iter().map(id_of).collect::<Vec<_>>(), [id]);
+        let queue_core::DeliveryTag::Text(tag) = &taken[0].tag else {
+            panic!()
+        };
+        let recorded: bool = client
+            .hexists(format!("{prefix}unacked"), tag.as_str())
+            .await
+            .unwrap();
+        let indexed: Option<f64> = client
+            .zscore(format!("{prefix}unacked_index"), tag.as_str())
+            .await
+            .unwrap();
+        assert!(recorded && indexed.is_some(), "{id} is unacked once taken");
+        assert_eq!(broker.queue_length(&queue).await.unwrap().total, 0);
+        consumer.ack(&taken[0]).await.unwrap();
+    }
 
-    // And ahead of a move: deferring finds it unacked and moves it to the delayed set.
+    // Deferring finds it unacked and parks it.
     let waiting = take(consumer.clone());
     broker
         .publish(vec![Publish::new(&queue, message("deferred", 0))])
@@ -409,17 +451,28 @@ async fn a_message_taken_while_waiting_is_recorded_in_order() {
         .await
         .unwrap();
     let delayed: i64 = client
-        .zcard(format!("waiting-test:_queue.delayed.{queue}"))
+        .zcard(format!("{prefix}_queue.delayed.{queue}"))
         .await
         .unwrap();
     assert_eq!(delayed, 1, "the deferred message waits in Redis");
 
     consumer.close().await.unwrap();
-    let unacked: i64 = client.hlen("waiting-test:unacked").await.unwrap();
-    let index: i64 = client.zcard("waiting-test:unacked_index").await.unwrap();
-    assert_eq!((unacked, index), (0, 0), "nothing left unacked");
+    let unacked: i64 = client.hlen(format!("{prefix}unacked")).await.unwrap();
+    let index: i64 = client
+        .zcard(format!("{prefix}unacked_index"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (unacked, index),
+        (1, 1),
+        "the acks are written by close; only the parked message is left"
+    );
     let _: i64 = client
-        .del(format!("waiting-test:_queue.delayed.{queue}"))
+        .del(vec![
+            format!("{prefix}_queue.delayed.{queue}"),
+            format!("{prefix}unacked"),
+            format!("{prefix}unacked_index"),
+        ])
         .await
         .unwrap();
 }

@@ -300,3 +300,64 @@ async fn expiry_is_configurable_and_zero_keeps_results() {
     forever.forget(&b).await.unwrap();
     assert_eq!(forever.get(&b).await.unwrap(), None);
 }
+
+/// Channels with subscribers on the server whose names start with `prefix`.
+async fn subscribed_channels(client: &fred::clients::Client, prefix: &str) -> usize {
+    let channels: Vec<String> = client.pubsub_channels(format!("{prefix}*")).await.unwrap();
+    channels.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_that_time_out_or_are_dropped_leave_no_subscription() {
+    let prefix = format!("{}:", unique("waits"));
+    let Some(backend) = backend(&format!("global_keyprefix={prefix}"), None).await else {
+        return;
+    };
+    let client = raw_client().await;
+    assert_eq!(subscribed_channels(&client, &prefix).await, 0);
+    let count = 10_000;
+    let batch = 100;
+    for start in (0..count).step_by(batch) {
+        let waits = (start..start + batch).map(|index| {
+            let backend = backend.clone();
+            async move {
+                let id = format!("never-{index}");
+                if index % 2 == 0 {
+                    // Given up by the caller: the wait future is dropped mid-way.
+                    let wait = backend.wait(&id, Duration::from_secs(30));
+                    let _ = tokio::time::timeout(Duration::from_millis(2), wait).await;
+                } else {
+                    // Timed out by itself.
+                    let meta = backend.wait(&id, Duration::from_millis(2)).await.unwrap();
+                    assert_eq!(meta, None);
+                }
+            }
+        });
+        futures::future::join_all(waits).await;
+    }
+    // The server's subscriptions go back to none (dropped waits let go from a task).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = subscribed_channels(&client, &prefix).await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} subscriptions left by {count} waits"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And waiting still works, on a channel that a dropped wait used before.
+    let id = "never-0";
+    let wait = tokio::spawn({
+        let backend = backend.clone();
+        async move { backend.wait(id, Duration::from_secs(10)).await }
+    });
+    backend
+        .store(TaskMeta::success(id, json!("late")))
+        .await
+        .unwrap();
+    let meta = wait.await.unwrap().unwrap().expect("heard");
+    assert_eq!(meta.result, json!("late"));
+}

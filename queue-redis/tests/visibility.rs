@@ -18,6 +18,7 @@ use common::{id_of, message, unique};
 const DB: u8 = 11;
 const CHILD_URL: &str = "QUEUE_REDIS_TEST_CHILD_URL";
 const CHILD_QUEUE: &str = "QUEUE_REDIS_TEST_CHILD_QUEUE";
+const CHILD_WAITING_QUEUE: &str = "QUEUE_REDIS_TEST_CHILD_WAITING_QUEUE";
 
 /// Run as a child process by `a_dead_workers_message_comes_back_after_the_timeout`: takes a
 /// message and dies without acking or closing anything. Does nothing otherwise.
@@ -83,6 +84,143 @@ async fn a_dead_workers_message_comes_back_after_the_timeout() {
     assert!(again[0].redelivered);
     consumer.ack(&again[0]).await.unwrap();
     consumer.close().await.unwrap();
+}
+
+/// Run as a child process by `a_worker_killed_as_its_wait_ends_loses_nothing`: waits on an
+/// empty queue, says so, and kills itself (SIGKILL) the moment the fetch returns what was
+/// published meanwhile (abort: no ack, no close, no destructor, no write after it). Does
+/// nothing otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_waits_takes_and_is_killed() {
+    let (Ok(url), Ok(queue)) = (std::env::var(CHILD_URL), std::env::var(CHILD_WAITING_QUEUE))
+    else {
+        return;
+    };
+    let broker = queue_redis::RedisBroker::connect(&url).await.unwrap();
+    let consumer = broker.consume(ConsumeOptions::new([queue])).await.unwrap();
+    // An empty fetch first: the next one waits on queues known to be empty.
+    assert!(consumer.fetch(1, Duration::ZERO).await.unwrap().is_empty());
+    println!("child waiting");
+    let taken = consumer.fetch(1, Duration::from_secs(10)).await.unwrap();
+    // As `kill -9` as the task starts: nothing more leaves this process.
+    if !taken.is_empty() {
+        std::process::abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_as_its_wait_ends_loses_nothing() {
+    use std::io::{BufRead, BufReader};
+    let prefix = unique("killed");
+    let query = format!("visibility_timeout=1&global_keyprefix={prefix}:");
+    let Some(url) = common::redis_url(DB, &query) else {
+        return;
+    };
+    let broker = queue_redis::RedisBroker::connect(&url).await.unwrap();
+    // A queue per round: a later child's restore sweep may give an earlier round's message
+    // back to its own queue, never to the queue the later child takes from.
+    let queues: Vec<String> = (0..5).map(|_| unique("q")).collect();
+    for (round, queue) in queues.iter().enumerate() {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_waits_takes_and_is_killed", "--nocapture"])
+            .env(CHILD_URL, &url)
+            .env(CHILD_WAITING_QUEUE, queue)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let waiting = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.contains("child waiting"));
+        assert!(waiting, "the child did not start waiting");
+        let id = format!("taken-{round}");
+        broker
+            .publish(vec![Publish::new(queue, message(&id, 0))])
+            .await
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            !status.success(),
+            "the child died having taken it: {status}"
+        );
+        // Taken, so not in the queue; but recorded as unacked as it left the list.
+        assert_eq!(broker.queue_length(queue).await.unwrap().total, 0);
+        let entries: Vec<String> = broker
+            .client()
+            .hvals(format!("{prefix}:unacked"))
+            .await
+            .unwrap();
+        assert!(
+            entries
+                .iter()
+                .any(|entry| entry.contains(&format!("\"root_id\":\"{id}\""))),
+            "round {round}: the taken message is unacked: {entries:?}"
+        );
+    }
+    // And every one comes back once its visibility timeout passed.
+    let consumer = broker
+        .consume(ConsumeOptions::new(queues.clone()))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut back = std::collections::BTreeSet::new();
+    while back.len() < queues.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "back so far: {back:?}"
+        );
+        for delivery in consumer.fetch(10, Duration::from_secs(1)).await.unwrap() {
+            assert!(delivery.redelivered);
+            back.insert(id_of(&delivery));
+            consumer.ack(&delivery).await.unwrap();
+        }
+    }
+    let expected: std::collections::BTreeSet<String> = (0..queues.len())
+        .map(|round| format!("taken-{round}"))
+        .collect();
+    assert_eq!(back, expected);
+    consumer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_writes_the_acks_sent_before_it() {
+    let prefix = unique("acks");
+    let Some(broker) = common::broker(DB, &format!("global_keyprefix={prefix}:")).await else {
+        return;
+    };
+    let queue = unique("q");
+    let count = 2000;
+    let messages = (0..count)
+        .map(|index| Publish::new(&queue, message(&format!("m{index}"), 0)))
+        .collect();
+    broker.publish(messages).await.unwrap();
+    let consumer = broker
+        .consume(ConsumeOptions::new([queue.clone()]))
+        .await
+        .unwrap();
+    let mut taken = 0;
+    while taken < count {
+        let deliveries = consumer.fetch(500, Duration::from_secs(5)).await.unwrap();
+        taken += deliveries.len();
+        // Acks go out without waiting for the server (more than the write queue holds).
+        for delivery in &deliveries {
+            consumer.ack(delivery).await.unwrap();
+        }
+    }
+    consumer.close().await.unwrap();
+    // Written by the time close returns: nothing would come back after a crash now.
+    let unacked: u64 = broker
+        .client()
+        .hlen(format!("{prefix}:unacked"))
+        .await
+        .unwrap();
+    let index: u64 = broker
+        .client()
+        .zcard(format!("{prefix}:unacked_index"))
+        .await
+        .unwrap();
+    assert_eq!((unacked, index), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

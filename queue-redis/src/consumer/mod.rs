@@ -2,12 +2,19 @@
 //!
 //! A fetch takes messages with one script that also records them in `unacked` and
 //! `unacked_index`, exactly as a kombu consumer does, so a message is never only in this
-//! process's memory. When the queues are empty the consumer blocks in `BRPOP` (as kombu does)
-//! on a connection of its own, and records what it pops with the same script right away.
+//! process's memory. When the queues are empty the consumer waits for a watcher of its lists
+//! to see a message (a non-destructive `BLMOVE`, see `crate::wake`), then takes with the same
+//! script: nothing is popped by a blocking command, so a crash at any point loses nothing.
 //! The whole fetch runs in a task of its own: a caller that stops waiting (a dropped fetch
-//! future) leaves the messages to the next fetch instead of losing them. Acks go out
-//! without waiting, as AMQP's do; `close` waits for those sent before it.
+//! future) leaves the messages to the next fetch instead of losing them.
+//!
+//! Acks go out without waiting for the server, as AMQP's do, through a bounded queue of
+//! writes (a full queue makes `ack` wait); `close` waits until those sent before it are
+//! written. A process killed meanwhile loses at most the acks not yet written (at most
+//! the write queue's capacity plus one batch, in practice those of the last round trip):
+//! those messages are delivered again after the visibility timeout.
 
+mod replace;
 mod take;
 
 use std::collections::{HashMap, VecDeque};
@@ -17,26 +24,31 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, FixedOffset};
-use fred::prelude::{Client, ClientInterface, ClientLike, SortedSetsInterface};
+use fred::prelude::SortedSetsInterface;
 use fred::types::Value;
 use fred::types::sorted_sets::Ordering as ZOrdering;
 use queue_core::broker::{
-    BrokerError, ConsumeOptions, Consumer, Delivery, DeliveryTag, QueueOrder,
+    BrokerError, ConsumeOptions, Consumer, Delivery, DeliveryTag, Publish, QueueOrder,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::broker::{BrokerInner, Write, index_score};
-use crate::connection;
 use crate::error::broker_error;
 use crate::restore;
 use crate::scripts;
+use crate::wake::Watcher;
 use crate::wire;
 
-/// Longest single `BRPOP`: bounds how late a delayed message published by another process
-/// is promoted while this consumer waits, and how long `close` waits for a fetch.
+/// Longest wait between two takes: bounds how late a delayed message published by another
+/// process is promoted while this consumer waits, and what a watcher that lost its
+/// connection costs.
 const MAX_BLOCK: Duration = Duration::from_secs(1);
+
+/// Longest interval between two visibility-timeout restores of a consumer: how late a
+/// delayed message of a queue that no consumer here serves is brought back by us.
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Most messages one fetch takes (Lua's stack bounds the script's batch).
 const MAX_BATCH: usize = 1000;
@@ -48,8 +60,10 @@ pub(crate) struct RedisConsumer {
 
 pub(crate) struct Shared {
     pub(crate) broker: Arc<BrokerInner>,
-    /// A connection of its own for `BRPOP`, which blocks it.
-    blocking: Client,
+    /// One per list, in the order of `lists`: they wake `wake` when a list gets a message.
+    watchers: Vec<Arc<Watcher>>,
+    /// Notified by a watcher, or by `close`.
+    wake: Arc<Notify>,
     queues: Vec<String>,
     order: QueueOrder,
     /// Every list of every queue, queue by queue, each queue's lists in serving order.
@@ -62,7 +76,7 @@ pub(crate) struct Shared {
     held: Mutex<HashMap<String, Held>>,
     /// Deliveries fetched for a caller that went away; the next fetch returns them first.
     stash: Mutex<VecDeque<Delivery>>,
-    /// One fetch at a time: they share the blocking connection.
+    /// One fetch at a time: a take and the wait after it go together.
     fetching: tokio::sync::Mutex<()>,
     closed: AtomicBool,
     sequence: AtomicU64,
@@ -98,13 +112,18 @@ impl RedisConsumer {
         broker: Arc<BrokerInner>,
         options: ConsumeOptions,
     ) -> Result<Self, BrokerError> {
-        let blocking = connection::connect(&broker.options, "consumer").await?;
         let keys = &broker.keys;
-        let lists = options
+        let lists: Vec<String> = options
             .queues
             .iter()
             .flat_map(|queue| keys.lists(queue))
             .collect();
+        let watchers = futures::future::try_join_all(
+            lists
+                .iter()
+                .map(|list| broker.watchers.get(&broker.options, list)),
+        )
+        .await?;
         let delayed = options
             .queues
             .iter()
@@ -113,7 +132,8 @@ impl RedisConsumer {
         let shared = Arc::new(Shared {
             per: keys.steps().len(),
             broker,
-            blocking,
+            watchers,
+            wake: Arc::new(Notify::new()),
             queues: options.queues,
             order: options.order,
             lists,
@@ -144,7 +164,7 @@ async fn maintain(shared: Weak<Shared>) {
         return;
     };
     let renew_every = (visibility / 4).max(Duration::from_millis(50));
-    let sweep_every = (visibility / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let sweep_every = (visibility / 2).clamp(Duration::from_millis(100), MAX_SWEEP_INTERVAL);
     let mut next_renew = Instant::now() + renew_every;
     let mut next_sweep = Instant::now();
     loop {
@@ -195,16 +215,12 @@ impl Shared {
             .ok_or_else(|| BrokerError::Refused(format!("delivery {tag} is not unacked here")))
     }
 
-    /// Runs the move script for `(op, tag, destination, payload, score)` groups.
-    async fn move_out(&self, groups: Vec<[Value; 5]>) -> Result<(), BrokerError> {
+    /// Runs the move script for `(op, tag, destination, payload, score, index score)` groups.
+    async fn move_out(&self, groups: Vec<[Value; 6]>) -> Result<(), BrokerError> {
         if groups.is_empty() {
             return Ok(());
         }
         let broker = &self.broker;
-        // The record of a message popped by BRPOP may still be on its way: the move checks
-        // that the message is unacked, so it goes after the writes sent before it. (Free when
-        // none are pending.)
-        broker.writes.submit(Write::Mark).await?;
         let keys = vec![
             broker.keys.unacked.clone(),
             broker.keys.unacked_index.clone(),
@@ -214,21 +230,22 @@ impl Shared {
         Ok(())
     }
 
+    /// A group of the move script that pushes `payload` to the list `destination`.
     fn group(
         op: &str,
         tag: &str,
         held: &Held,
         destination: String,
         payload: Vec<u8>,
-        score: f64,
-    ) -> [Value; 5] {
+    ) -> [Value; 6] {
         let tag = if held.recorded { tag } else { "" };
         [
             Value::from(op),
             Value::from(tag),
             Value::from(destination),
             Value::Bytes(payload.into()),
-            Value::from(score.to_string()),
+            Value::from(""),
+            Value::from(""),
         ]
     }
 
@@ -280,7 +297,7 @@ impl Shared {
             .iter()
             .map(|(tag, held)| {
                 let payload = wire::mark_redelivered(&held.raw);
-                Self::group("R", tag, held, self.lists[held.list].clone(), payload, 0.0)
+                Self::group("R", tag, held, self.lists[held.list].clone(), payload)
             })
             .collect();
         let count = held.len();
@@ -301,16 +318,17 @@ impl Shared {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        // Wake a fetch blocked in BRPOP, then wait for it: what it took is then held.
-        let _ = self.blocking.unblock_self(None).await;
+        // Wake a waiting fetch, then wait for it: what it took is then held.
+        self.wake.notify_one();
         let _guard = self.fetching.lock().await;
+        for watcher in &self.watchers {
+            watcher.deregister(&self.wake);
+        }
         // Writes go out in order: the mark comes back when those before it are done.
         if let Err(error) = self.broker.writes.submit(Write::Mark).await {
             warn!(%error, "acks before close may be lost; those messages come back after the visibility timeout");
         }
-        let result = self.give_back_all().await;
-        let _ = self.blocking.quit().await;
-        result
+        self.give_back_all().await
     }
 }
 
@@ -361,9 +379,9 @@ impl Consumer for RedisConsumer {
         let (tag, held) = self.shared.release(delivery)?;
         if held.recorded {
             // As an AMQP ack, without waiting for the server: the slot of the task is free at
-            // once. An ack lost with the connection means a redelivery after the visibility
-            // timeout (at least once); `close` waits for the acks sent before it.
-            self.shared.broker.writes.send(Write::Ack(tag));
+            // once. An ack lost with the connection or the process means a redelivery after
+            // the visibility timeout (at least once); `close` waits for the acks sent before it.
+            self.shared.broker.writes.send(Write::Ack(tag)).await;
         }
         Ok(())
     }
@@ -381,14 +399,7 @@ impl Consumer for RedisConsumer {
         let payload = wire::mark_redelivered(&held.raw);
         let destination = shared.lists[held.list].clone();
         shared
-            .move_out(vec![Shared::group(
-                "L",
-                &tag,
-                &held,
-                destination,
-                payload,
-                0.0,
-            )])
+            .move_out(vec![Shared::group("L", &tag, &held, destination, payload)])
             .await
     }
 
@@ -408,14 +419,7 @@ impl Consumer for RedisConsumer {
             Err(_) => warn!(queue = %delivery.queue, reason, "dead-lettered undecodable message"),
         }
         shared
-            .move_out(vec![Shared::group(
-                "L",
-                &tag,
-                &held,
-                destination,
-                entry,
-                0.0,
-            )])
+            .move_out(vec![Shared::group("L", &tag, &held, destination, entry)])
             .await
     }
 
@@ -424,28 +428,15 @@ impl Consumer for RedisConsumer {
         delivery: &Delivery,
         until: DateTime<FixedOffset>,
     ) -> Result<(), BrokerError> {
-        let shared = &self.shared;
-        let (tag, held) = shared.release(delivery)?;
-        let queue = held.list / shared.per;
-        let lane = held.list % shared.per + 1;
-        let mut member = format!("{lane}|").into_bytes();
-        member.extend_from_slice(&held.raw);
-        let destination = shared.delayed[queue].clone();
-        let score = until.timestamp_millis() as f64;
-        // Wake this consumer's own wait when it is due.
-        shared
-            .next_due
-            .fetch_min(until.timestamp_millis(), Ordering::AcqRel);
-        shared
-            .move_out(vec![Shared::group(
-                "Z",
-                &tag,
-                &held,
-                destination,
-                member,
-                score,
-            )])
-            .await
+        self.shared.park(delivery, until.timestamp_millis()).await
+    }
+
+    async fn republish_and_ack(
+        &self,
+        delivery: &Delivery,
+        replacement: Publish,
+    ) -> Result<(), BrokerError> {
+        self.shared.replace(delivery, replacement).await
     }
 
     async fn renew(&self, deliveries: &[DeliveryTag]) -> Result<(), BrokerError> {

@@ -1,19 +1,19 @@
-//! Taking messages: the fetch script, the blocking wait when the queues are empty, and
-//! reading ahead up to the prefetch limit.
+//! Taking messages: the fetch script, the wait for a watcher when the queues are empty,
+//! and reading ahead up to the prefetch limit.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use fred::prelude::ClientLike;
-use fred::types::{ClusterHash, CustomCommand, Value};
+use fred::types::Value;
 use queue_core::broker::{BrokerError, Delivery, DeliveryTag, QueueOrder};
+use queue_core::protocol::time;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{Held, MAX_BATCH, MAX_BLOCK, Shared, lock};
-use crate::broker::{Write, index_score, now_ms};
-use crate::error::{RedisError, broker_error};
+use crate::broker::{index_score, now_ms};
+use crate::error::RedisError;
 use crate::scripts;
 use crate::wire;
 
@@ -41,7 +41,7 @@ impl Shared {
                 .saturating_sub(lock(&self.held).len())
                 .min(MAX_BATCH);
             if room > 0 && !self.closed.load(Ordering::Acquire) {
-                match self.claim(room, None).await {
+                match self.claim(room).await {
                     Ok(deliveries) => lock(&self.stash).extend(deliveries),
                     Err(error) => debug!(%error, "reading ahead failed"),
                 }
@@ -67,18 +67,20 @@ impl Shared {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, BrokerError> {
-        let deadline = Instant::now() + wait;
-        // When the last take left the queues empty and no delayed message is due, wait in
-        // BRPOP straight away: one round trip less per message on a quiet queue. After a
-        // BRPOP timeout the script runs again (it also promotes delayed messages).
-        let mut take_first = !self.drained.load(Ordering::Acquire)
+        let deadline = time::deadline_in(wait);
+        // When the last take left the queues empty and no delayed message is due, wait for
+        // a watcher straight away: it sees at once what arrived since (one round trip less
+        // per message on a quiet queue). After each wait the script runs again (it also
+        // promotes delayed messages).
+        let mut take_first = wait.is_zero()
+            || !self.drained.load(Ordering::Acquire)
             || self.next_due.load(Ordering::Acquire) <= now_ms();
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(BrokerError::Closed);
             }
             if take_first {
-                let deliveries = self.claim(max, None).await?;
+                let deliveries = self.claim(max).await?;
                 if !deliveries.is_empty() {
                     return self.unless_closed(deliveries);
                 }
@@ -94,57 +96,21 @@ impl Shared {
                 let until = Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0));
                 block = block.min(until);
             }
-            // BRPOP's timeout is in seconds; 0 would block forever.
-            let seconds = block.as_secs_f64().max(0.01);
-            let mut args: Vec<Value> = self
-                .sequence()
-                .into_iter()
-                .flat_map(|queue| &self.lists[queue * self.per..(queue + 1) * self.per])
-                .map(|list| Value::from(list.as_str()))
-                .collect();
-            args.push(Value::from(format!("{seconds:.3}")));
-            // fred's `brpop` turns the timeout's null reply into an error; the raw command
-            // keeps it a null.
-            let brpop = CustomCommand::new_static("BRPOP", ClusterHash::FirstKey, true);
-            let reply: Value = self
-                .blocking
-                .custom(brpop, args)
-                .await
-                .map_err(broker_error)?;
-            let Value::Array(mut pair) = reply else {
-                continue;
-            };
-            let (Some(element), Some(key)) = (pair.pop(), pair.pop()) else {
-                continue;
-            };
-            let key = key.as_str().map(|key| key.into_owned()).unwrap_or_default();
-            let raw = element.as_bytes().unwrap_or_default().to_vec();
-            let list = self.lists.iter().position(|list| *list == key).unwrap_or(0);
-            // The queues were empty a moment ago: hand the message out now and record it as
-            // unacked with a write that goes out ahead of its ack (one round trip less per
-            // message on a quiet queue). Popped and not yet recorded is kombu's window after
-            // BRPOP too. The next take runs the script, which also promotes delayed messages.
-            if let Some(tag) = wire::delivery_tag(&raw) {
-                let queue = &self.queues[list / self.per];
-                let value = wire::unacked_value(&raw, queue);
-                self.broker.writes.send(Write::Record {
-                    tag: tag.clone(),
-                    value,
-                    score: index_score(),
-                });
-                self.drained.store(false, Ordering::Release);
-                let delivery = self.deliver(list, tag, raw);
-                return self.unless_closed(vec![delivery]);
-            }
-            let deliveries = match self.claim(max, Some((list, raw.clone()))).await {
-                Ok(deliveries) => deliveries,
-                Err(error) => {
-                    // Popped but not recorded: hold it here rather than lose it.
-                    warn!(%error, "recording a popped message failed; holding it unrecorded");
-                    vec![self.deliver(list, String::new(), raw)]
-                }
-            };
-            return self.unless_closed(deliveries);
+            self.wait_for_messages(block).await;
+        }
+    }
+
+    /// Waits until a watcher of our lists sees a message, `close` is called, or `block`
+    /// passed. A wake-up left over from an earlier wait only means one take more.
+    async fn wait_for_messages(&self, block: Duration) {
+        for watcher in &self.watchers {
+            watcher.register(&self.wake);
+        }
+        if !self.closed.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(block, self.wake.notified()).await;
+        }
+        for watcher in &self.watchers {
+            watcher.deregister(&self.wake);
         }
     }
 
@@ -159,13 +125,9 @@ impl Shared {
         Ok(deliveries)
     }
 
-    /// Runs the fetch script: takes up to `max` messages (after `popped`, if given) and
-    /// records them as unacked. Returns them and when the next delayed message is due (ms).
-    pub(super) async fn claim(
-        &self,
-        max: usize,
-        popped: Option<(usize, Vec<u8>)>,
-    ) -> Result<Vec<Delivery>, BrokerError> {
+    /// Runs the fetch script: takes up to `max` messages and records them as unacked, in
+    /// one step. Returns them, and notes when the next delayed message is due (ms).
+    pub(super) async fn claim(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
         let broker = &self.broker;
         let queue_count = self.queues.len();
         let mut keys = Vec::with_capacity(2 + self.lists.len());
@@ -193,14 +155,6 @@ impl Shared {
                     .into_iter()
                     .map(|queue| Value::from(queue as i64 + 1)),
             );
-        }
-        match popped {
-            Some((list, raw)) => {
-                args.push(Value::from(1));
-                args.push(Value::from(list as i64 + 1));
-                args.push(Value::Bytes(raw.into()));
-            }
-            None => args.push(Value::from(0)),
         }
         let reply = scripts::run(&broker.client, &broker.scripts.fetch, keys, args).await?;
         let Value::Array(mut items) = reply else {
