@@ -60,7 +60,7 @@ pub struct Options {
 /// The kind of the `n`-th hostile message of `count`, `big` of them big.
 fn kind_of(n: usize, count: usize, big: usize) -> &'static str {
     let big = big.min(count);
-    let every = if big == 0 { usize::MAX } else { count / big };
+    let every = count.checked_div(big).unwrap_or(usize::MAX);
     if big > 0 && n % every == 0 && n / every < big {
         return "big-body";
     }
@@ -110,6 +110,7 @@ pub async fn run(options: Options) -> crate::Result<()> {
     Ok(())
 }
 
+#[allow(clippy::large_enum_variant)] // one per process, never moved around
 enum Target {
     Redis {
         client: fred::clients::Client,
