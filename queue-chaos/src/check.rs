@@ -50,6 +50,27 @@ pub async fn dead(broker: &str, queue: &str, limit: usize) -> crate::Result<()> 
     for (kind, reason) in &reasons {
         println!("dead reason {kind} {reason}");
     }
+    if broker.starts_with("redis") {
+        // What a worker holds and never settles stays in kombu's `unacked` hash (renewed
+        // while the worker lives): hostile messages found there are pinned.
+        let mut connection = crate::resp::Connection::open(broker)?;
+        let held = match connection.command(&[b"HVALS", b"unacked"])? {
+            crate::resp::Reply::Array(values) => values,
+            _ => Vec::new(),
+        };
+        let mut pinned: BTreeMap<&str, usize> = BTreeMap::new();
+        for entry in &held {
+            if let crate::resp::Reply::Bulk(Some(bytes)) = entry
+                && let Some(kind) = classify(bytes)
+            {
+                *pinned.entry(kind).or_default() += 1;
+            }
+        }
+        println!("dead unacked {}", held.len());
+        for (kind, count) in &pinned {
+            println!("dead pinned {kind} {count}");
+        }
+    }
     Ok(())
 }
 

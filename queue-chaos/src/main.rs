@@ -16,6 +16,7 @@
 mod check;
 mod poison;
 mod produce;
+mod resp;
 mod worker;
 
 use std::path::PathBuf;

@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use fred::bytes::Bytes;
-use fred::interfaces::ListInterface;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -60,8 +58,10 @@ pub struct Options {
 /// The kind of the `n`-th hostile message of `count`, `big` of them big.
 fn kind_of(n: usize, count: usize, big: usize) -> &'static str {
     let big = big.min(count);
-    let every = count.checked_div(big).unwrap_or(usize::MAX);
-    if big > 0 && n % every == 0 && n / every < big {
+    if let Some(every) = count.checked_div(big)
+        && n % every == 0
+        && n / every < big
+    {
         return "big-body";
     }
     let others: Vec<&str> = KINDS.iter().copied().filter(|k| *k != "big-body").collect();
@@ -110,16 +110,15 @@ pub async fn run(options: Options) -> crate::Result<()> {
     Ok(())
 }
 
-#[allow(clippy::large_enum_variant)] // one per process, never moved around
 enum Target {
     Redis {
-        client: fred::clients::Client,
+        connection: crate::resp::Connection,
         queue: String,
     },
     Amqp {
-        channel: lapin::Channel,
+        channel: Box<lapin::Channel>,
         queue: String,
-        _connection: Connection,
+        _connection: Box<Connection>,
     },
 }
 
@@ -129,9 +128,8 @@ impl Target {
         let app = crate::worker::client(url, "none", queue).await?;
         app.broker().declare_queue(queue).await?;
         if url.starts_with("redis") {
-            let broker = queue_redis::RedisBroker::connect(url).await?;
             return Ok(Target::Redis {
-                client: broker.client().clone(),
+                connection: crate::resp::Connection::open(url)?,
                 queue: queue.to_owned(),
             });
         }
@@ -146,18 +144,18 @@ impl Target {
             .confirm_select(lapin::options::ConfirmSelectOptions::default())
             .await?;
         Ok(Target::Amqp {
-            channel,
+            channel: Box::new(channel),
             queue: queue.to_owned(),
-            _connection: connection,
+            _connection: Box::new(connection),
         })
     }
 
     async fn send(&mut self, kind: &str, n: usize) -> crate::Result<()> {
         match self {
-            Target::Redis { client, queue } => {
+            Target::Redis { connection, queue } => {
                 let raw = redis_message(kind, n, queue);
                 // kombu's list for priority 0, the plain queue name; BRPOP takes the tail.
-                let _: i64 = client.lpush(queue.as_str(), Bytes::from(raw)).await?;
+                connection.command(&[b"LPUSH", queue.as_bytes(), &raw])?;
             }
             Target::Amqp { channel, queue, .. } => {
                 let (properties, body) = amqp_message(kind, n);
@@ -262,9 +260,11 @@ fn redis_message(kind: &str, n: usize, queue: &str) -> Vec<u8> {
         )),
         "huge-numbers" => {
             let mut headers = headers(TASK, &id);
+            // Values outside what the fields can mean (large but valid ones, such as a
+            // time limit of 1e300 s, saturate by contract and are not hostile).
             match n % 5 {
-                0 => headers.insert("timelimit".into(), json!([1e308, null])),
-                1 => headers.insert("timelimit".into(), json!([null, 1.9e19])),
+                0 => headers.insert("timelimit".into(), json!([-5, null])),
+                1 => headers.insert("eta".into(), json!("+262144-01-01T00:00:00")),
                 2 => headers.insert("eta".into(), json!(1e308)),
                 3 => headers.insert("expires".into(), json!(-1e308)),
                 _ => headers.insert("retries".into(), json!(1e30)),
@@ -409,33 +409,25 @@ fn amqp_message(kind: &str, n: usize) -> (BasicProperties, Vec<u8>) {
                 0 => set(
                     headers,
                     "timelimit",
-                    pair(AMQPValue::Double(1e308), AMQPValue::Void),
+                    pair(AMQPValue::LongInt(-5), AMQPValue::Void),
                 ),
-                1 => set(
-                    headers,
-                    "timelimit",
-                    pair(AMQPValue::Void, AMQPValue::Double(1.9e19)),
-                ),
+                1 => set(headers, "eta", long("+262144-01-01T00:00:00")),
                 2 => set(headers, "eta", AMQPValue::Double(1e308)),
                 3 => set(headers, "expires", AMQPValue::Double(-1e308)),
-                _ => set(headers, "retries", AMQPValue::LongLongInt(i64::MAX)),
+                _ => set(headers, "retries", AMQPValue::LongLongInt(1 << 32)),
             };
             (with(headers), good_body(kind, n))
         }
         "nan-numbers" => {
+            // RabbitMQ cannot hold a NaN or infinite double in a header table (the channel
+            // process crashes and closes the connection with INTERNAL_ERROR, so no worker
+            // ever sees one): what arrives is Python's spelling of them, as text.
             let headers = amqp_headers(TASK, &id);
+            let nan = ["NaN", "Infinity", "-Infinity"][n % 3];
             let headers = match n % 3 {
-                0 => set(
-                    headers,
-                    "timelimit",
-                    pair(AMQPValue::Double(f64::NAN), AMQPValue::Void),
-                ),
-                1 => set(
-                    headers,
-                    "timelimit",
-                    pair(AMQPValue::Void, AMQPValue::Double(f64::INFINITY)),
-                ),
-                _ => set(headers, "eta", AMQPValue::Double(f64::NAN)),
+                0 => set(headers, "timelimit", pair(long(nan), AMQPValue::Void)),
+                1 => set(headers, "timelimit", pair(AMQPValue::Void, long(nan))),
+                _ => set(headers, "eta", long(nan)),
             };
             (with(headers), good_body(kind, n))
         }

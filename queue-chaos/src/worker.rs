@@ -68,14 +68,15 @@ async fn record(context: TaskContext, work_ms: u64) -> Result<u64, TaskError> {
 
 pub async fn run(options: Options) -> crate::Result<()> {
     let sink = Sink(Mutex::new(crate::append_file(&options.sink)?));
-    let app = App::builder()
-        .broker(options.broker.clone())
-        .backend(options.backend.clone())
-        .default_queue(options.queue.clone())
-        .state(sink)
-        .task(record)
-        .build()
-        .await?;
+    let app = with_backend(
+        App::builder().broker(options.broker.clone()),
+        &options.backend,
+    )
+    .default_queue(options.queue.clone())
+    .state(sink)
+    .task(record)
+    .build()
+    .await?;
     // xtask reads this line (in the worker's log) to know the process got this far.
     eprintln!(
         "queue-chaos worker {} consuming {}",
@@ -94,11 +95,20 @@ pub async fn run(options: Options) -> crate::Result<()> {
 
 /// The app a producer or a checker uses: the same task name, no worker.
 pub async fn client(broker: &str, backend: &str, queue: &str) -> crate::Result<App> {
-    Ok(App::builder()
-        .broker(broker.to_owned())
-        .backend(backend.to_owned())
-        .default_queue(queue.to_owned())
-        .task(record)
-        .build()
-        .await?)
+    Ok(
+        with_backend(App::builder().broker(broker.to_owned()), backend)
+            .default_queue(queue.to_owned())
+            .task(record)
+            .build()
+            .await?,
+    )
+}
+
+/// `none`: no result backend (nothing stored); anything else is a backend URL.
+fn with_backend(builder: queue::AppBuilder, backend: &str) -> queue::AppBuilder {
+    if backend == "none" {
+        builder
+    } else {
+        builder.backend(backend.to_owned())
+    }
 }

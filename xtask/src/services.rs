@@ -8,8 +8,11 @@
 //! tools. `down` stops only what xtask started itself.
 
 mod postgres;
+mod private;
 mod rabbitmq;
 mod redis;
+
+pub use private::{PrivatePostgres, PrivateRabbit, PrivateRedis};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,115 +1,233 @@
-//! Hostile messages, written straight into the kombu list of the chaos queue as another
-//! producer (or an attacker) could: each kind must be dead-lettered with a reason, and the
-//! worker must go on.
+//! Poison: hostile messages (`queue-chaos poison`: invalid JSON, wrong body shape, unknown
+//! task, 10 MB body, huge and NaN numbers in eta/expires/timelimit/retries, invalid UTF-8,
+//! unknown content type, missing headers, a broken envelope) written straight to the broker
+//! while good tasks flow. No worker may crash, every hostile message must reach the queue's
+//! dead-letter queue with a reason, and every good task must run.
 
-/// The kinds, cycled through; every 1000th message is a 10 MB body instead.
-const KINDS: &[&str] = &[
-    "invalid JSON",
-    "wrong body shape",
-    "unknown task",
-    "eta past year 9999",
-    "negative retries",
-    "NaN timelimit",
-    "huge expires number",
-    "invalid UTF-8",
-    "unknown content type",
-    "missing headers",
-    "broken kombu envelope",
-];
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-/// `count` LPUSH commands in RESP for the list `queue`, ready to pipe to Redis.
-pub fn commands(queue: &str, count: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    for index in 0..count {
-        let payload = if index % 1000 == 999 {
-            envelope(
-                &headers("chaos.record", index, ""),
-                &"x".repeat(10 << 20),
-                "application/json",
-            )
-        } else {
-            message(KINDS[index % KINDS.len()], index)
-        };
-        out.extend_from_slice(b"*3\r\n$5\r\nLPUSH\r\n");
-        out.extend_from_slice(format!("${}\r\n{queue}\r\n", queue.len()).as_bytes());
-        out.extend_from_slice(format!("${}\r\n", payload.len()).as_bytes());
-        out.extend_from_slice(&payload);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
+use super::processes::{self, Fleet, Process, WorkerSpec, check, key_values, number, per_kind};
+use super::scenarios::STALL;
+use super::{Env, Profile, Row};
+use crate::services::PrivateRedis;
+use crate::util::Result;
+
+const QUEUE: &str = "chaos.poison";
+const DEAD: &str = "chaos.poison.dead_letter";
+
+/// On a private redis-server: raw LPUSH into kombu's list of the queue.
+pub fn redis(profile: &Profile, env: &mut Env, row: &mut Row) -> Result<()> {
+    let dir = env.dir("poison-redis")?;
+    let server = PrivateRedis::start(&dir.join("redis"), false)?;
+    let broker = server.url("");
+    poison(profile, &dir, &broker, row, || {
+        server.integer(&["LLEN", DEAD]).unwrap_or(0) as u64
+    })
 }
 
-fn message(kind: &str, index: usize) -> Vec<u8> {
-    let good_body = r#"[["x"], {}, {}]"#;
-    match kind {
-        "invalid JSON" => br#"{"body": "W1td", "headers": {"#.to_vec(),
-        "wrong body shape" => envelope(&headers("chaos.record", index, ""), r#"{"not": "a list"}"#, "application/json"),
-        "unknown task" => envelope(&headers("chaos.nobody", index, ""), good_body, "application/json"),
-        "eta past year 9999" => envelope(&headers("chaos.record", index, r#", "eta": "99999-01-01T00:00:00""#), good_body, "application/json"),
-        "negative retries" => envelope(&headers("chaos.record", index, r#", "retries": -1"#), good_body, "application/json"),
-        "NaN timelimit" => envelope(&headers("chaos.record", index, r#", "timelimit": ["NaN", -5]"#), good_body, "application/json"),
-        "huge expires number" => envelope(&headers("chaos.record", index, r#", "expires": 1e308"#), good_body, "application/json"),
-        "invalid UTF-8" => vec![0xff, 0xfe, b'{', 0x80, 0x81],
-        "unknown content type" => envelope(&headers("chaos.record", index, ""), good_body, "application/x-unknown"),
-        "missing headers" => format!(
-            r#"{{"body": "{}", "content-encoding": "utf-8", "content-type": "application/json", "properties": {{"body_encoding": "base64", "delivery_tag": "poison-{index}", "delivery_info": {{"exchange": "", "routing_key": "chaos"}}, "priority": 0}}}}"#,
-            base64(good_body.as_bytes())
-        )
-        .into_bytes(),
-        _ => format!(r#"{{"body": 17, "headers": [], "properties": "none", "delivery_tag": "poison-{index}"}}"#).into_bytes(),
-    }
-}
-
-fn headers(task: &str, index: usize, extra: &str) -> String {
-    format!(
-        r#"{{"lang": "py", "task": "{task}", "id": "poison-{index}", "root_id": "poison-{index}", "retries": 0, "timelimit": [null, null]{extra}}}"#
-    )
-}
-
-fn envelope(headers: &str, body: &str, content_type: &str) -> Vec<u8> {
-    format!(
-        r#"{{"body": "{}", "content-encoding": "utf-8", "content-type": "{content_type}", "headers": {headers}, "properties": {{"body_encoding": "base64", "delivery_tag": "{}", "delivery_info": {{"exchange": "", "routing_key": "chaos"}}, "priority": 0}}}}"#,
-        base64(body.as_bytes()),
-        uuid_like(headers),
-    )
-    .into_bytes()
-}
-
-/// A delivery tag unique per message (kombu's are UUIDs; any unique text does).
-fn uuid_like(seed: &str) -> String {
-    let mut hash: u64 = 0xcbf29ce484222325;
-    for byte in seed.bytes() {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3);
-    }
-    format!("poison-{hash:016x}")
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let value = chunk.iter().enumerate().fold(0u32, |value, (index, byte)| {
-            value | u32::from(*byte) << (16 - 8 * index)
-        });
-        for position in 0..4 {
-            if position <= chunk.len() {
-                out.push(char::from(
-                    ALPHABET[(value >> (18 - 6 * position) & 63) as usize],
-                ));
-            } else {
-                out.push('=');
-            }
+/// On the private RabbitMQ node: basic_publish with hostile properties and bodies.
+pub fn rabbitmq(profile: &Profile, env: &mut Env, row: &mut Row) -> Result<()> {
+    let dir = env.dir("poison-rabbitmq")?;
+    let rabbit = env.rabbit()?;
+    let broker = rabbit.url("heartbeat=5");
+    let outcome = poison(profile, &dir, &broker, row, || {
+        rabbit.queue_counts(DEAD).map_or(0, |(ready, _)| ready)
+    });
+    // Messages a worker took and never settled are unacked in the queue itself.
+    if let (Err(broken), Some((_, unacked))) = (&mut row.verdict, rabbit.queue_counts(QUEUE)) {
+        if unacked > 0 {
+            broken.push_str(&format!("; {unacked} message(s) still unacked in {QUEUE}"));
         }
     }
-    out
+    outcome
+}
+
+fn poison(
+    profile: &Profile,
+    dir: &Path,
+    broker: &str,
+    row: &mut Row,
+    dead_letters: impl Fn() -> u64,
+) -> Result<()> {
+    let (prefix, good, hostile) = ("good", profile.tasks, profile.hostile);
+    let spec = WorkerSpec {
+        broker: broker.into(),
+        backend: None,
+        queue: QUEUE.into(),
+        concurrency: 8,
+        prefetch: 8,
+    };
+    let mut fleet = Fleet::start(spec, &dir.join("workers"), profile.workers)?;
+    let spread = Duration::from_secs(if profile.long { 40 } else { 6 });
+    let pace = |count: u64, batch: u64| {
+        (spread.as_millis() as u64 / count.div_ceil(batch).max(1)).min(1_000)
+    };
+    let producer = processes::producer(dir, broker, QUEUE, prefix, good, pace(good, 100), false)?;
+    let poisoner = Process::spawn(
+        "poison",
+        &[
+            "poison",
+            "--broker",
+            broker,
+            "--queue",
+            QUEUE,
+            "--count",
+            &hostile.to_string(),
+            "--big",
+            &profile.big.to_string(),
+            "--burst",
+            "50",
+            "--pace-ms",
+            &pace(hostile, 50).to_string(),
+        ]
+        .map(String::from),
+        dir.join("poison.log"),
+    )?;
+    let mut broken = Vec::new();
+    let sent = finish(poisoner, "poison", &mut broken);
+    let sent_kinds = per_kind(&key_values(&sent, "poison"), "kind");
+    finish(producer, "producer", &mut broken);
+    if let Err(error) = fleet.wait_all(prefix, good, STALL) {
+        broken.push(error.to_string());
+    }
+    // Dead letters land as the workers reach them; wait until all are there, or until their
+    // count stops moving for a while (the watchdog).
+    let mut last = (dead_letters(), Instant::now());
+    while last.0 < hostile && last.1.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = fleet.reap();
+        let now = dead_letters();
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+    }
+    let _ = fleet.reap();
+    let dead = check(&[
+        "check-dead",
+        "--broker",
+        broker,
+        "--queue",
+        QUEUE,
+        "--limit",
+        &(hostile + 1_000).to_string(),
+    ])?;
+    let panics = fleet.panics();
+    let stuck = fleet.stop();
+    let found = processes::tally(&fleet.tally(), prefix, good);
+    row.counts(good, &found);
+
+    broken.extend(fleet.crash_summary());
+    if found.lost > 0 {
+        broken.push(format!(
+            "{} good tasks lost, e.g. {}",
+            found.lost,
+            found.lost_examples.join(", ")
+        ));
+    }
+    let total = number(&dead, "total");
+    let dead_kinds = per_kind(&dead, "kind");
+    let pinned = per_kind(&dead, "pinned");
+    let ran = ran_by_kind(&found.foreign);
+    let reasons: BTreeMap<String, String> = dead
+        .iter()
+        .filter(|(key, _)| key == "reason")
+        .filter_map(|(_, value)| {
+            let (kind, reason) = value.split_once(' ')?;
+            Some((kind.to_owned(), reason.to_owned()))
+        })
+        .collect();
+    for (kind, sent) in &sent_kinds {
+        let got = dead_kinds.get(kind).copied().unwrap_or(0);
+        if got != *sent {
+            let mut clause = format!("{kind}: {got} of {sent} dead-lettered");
+            if let Some(n) = ran.get(kind) {
+                clause.push_str(&format!(", {n} ran as tasks"));
+            }
+            if let Some(n) = pinned.get(kind) {
+                clause.push_str(&format!(", {n} pinned unacked"));
+            }
+            broken.push(clause);
+        }
+    }
+    let without_reason = number(&dead, "without-reason");
+    if without_reason > 0 {
+        broken.push(format!("{without_reason} dead letters without a reason"));
+    }
+    let strays = number(&dead, "good") + number(&dead, "unclassified");
+    if strays > 0 {
+        broken.push(format!(
+            "{strays} dead letters that are not the hostile ones (good tasks or unknown)"
+        ));
+    }
+    if !panics.is_empty() && !broken.is_empty() {
+        broken.push(format!("panics in the worker logs: {panics}"));
+    }
+    if !stuck.is_empty() {
+        broken.push(format!(
+            "{} did not exit within 30 s of SIGTERM",
+            stuck.join(", ")
+        ));
+    }
+    let sample: Vec<String> = reasons
+        .iter()
+        .take(3)
+        .map(|(kind, reason)| format!("{kind}: {reason:?}"))
+        .collect();
+    println!("dead-letter reasons, one per kind:");
+    for (kind, reason) in &reasons {
+        println!("  {kind}: {reason}");
+    }
+    row.judge(
+        broken,
+        format!(
+            "0 crashes, {total}/{hostile} hostile dead-lettered with a reason ({} kinds; e.g. {}), good all done",
+            dead_kinds.len(),
+            sample.join("; ")
+        ),
+    );
+    Ok(())
+}
+
+/// Waits for a helper process; its output. A failure is a broken clause.
+fn finish(mut process: Process, what: &str, broken: &mut Vec<String>) -> String {
+    match process.wait(Duration::from_secs(300)) {
+        Some(status) if status.success() => {}
+        Some(status) => broken.push(format!("{what} failed ({status})")),
+        None => broken.push(format!("{what} did not finish within 300 s")),
+    }
+    process.output()
+}
+
+/// Hostile ids (`poison-<kind>-<n>`) that ran as tasks, by kind.
+fn ran_by_kind(foreign: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let mut kinds = BTreeMap::new();
+    for (id, runs) in foreign {
+        if let Some((kind, _)) = id
+            .strip_prefix("poison-")
+            .and_then(|rest| rest.rsplit_once('-'))
+        {
+            *kinds.entry(kind.to_owned()).or_default() += runs;
+        }
+    }
+    kinds
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn base64_matches_the_standard_alphabet() {
-        assert_eq!(super::base64(b"[[1, 2], {}]"), "W1sxLCAyXSwge31d");
-        assert_eq!(super::base64(b"ab"), "YWI=");
-        assert_eq!(super::base64(b"a"), "YQ==");
+    fn hostile_runs_are_counted_by_kind() {
+        let mut foreign = BTreeMap::new();
+        foreign.insert("poison-nan-numbers-3".to_owned(), 1);
+        foreign.insert("poison-nan-numbers-13".to_owned(), 2);
+        foreign.insert("poison-huge-numbers-4".to_owned(), 1);
+        foreign.insert("stray".to_owned(), 1);
+        let kinds = ran_by_kind(&foreign);
+        assert_eq!(kinds["nan-numbers"], 3);
+        assert_eq!(kinds["huge-numbers"], 1);
+        assert_eq!(kinds.len(), 2);
     }
 }

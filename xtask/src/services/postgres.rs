@@ -29,7 +29,7 @@ fn answers() -> bool {
 
 /// The directory of initdb, pg_ctl and pg_isready: Debian keeps them off PATH, under
 /// `/usr/lib/postgresql/<major>/bin`; take the newest major installed.
-fn bin_dir() -> Option<PathBuf> {
+pub(super) fn bin_dir() -> Option<PathBuf> {
     let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
