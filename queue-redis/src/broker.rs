@@ -23,6 +23,7 @@ use crate::consumer::RedisConsumer;
 use crate::delay::Parked;
 use crate::error::{RedisError, broker_error};
 use crate::keys::{Keys, SEP};
+use crate::promote::{self, Promoter};
 use crate::scripts::{self, Scripts};
 use crate::wake::Watchers;
 use crate::wire;
@@ -87,6 +88,8 @@ pub(crate) struct BrokerInner {
     pub(crate) writes: Batcher<Write>,
     /// The watchers of the lists that consumers wait on (see `wake`).
     pub(crate) watchers: Watchers,
+    /// Delayed messages published here, promoted on time while this process runs.
+    pub(crate) promoter: Arc<Promoter>,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -126,7 +129,9 @@ impl RedisBroker {
             declared: Mutex::new(HashSet::new()),
             writes,
             watchers: Watchers::default(),
+            promoter: Arc::new(Promoter::default()),
         });
+        tokio::spawn(promote::run(inner.promoter.clone(), Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 
@@ -249,6 +254,7 @@ impl Broker for RedisBroker {
         let mut lists: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
         let mut list_index: HashMap<String, usize> = HashMap::new();
         let mut delayed: Vec<Value> = Vec::new();
+        let mut due_times: Vec<(&str, i64)> = Vec::new();
         let mut new_queues = Vec::new();
         for publish in &messages {
             let queue = publish.queue.as_str();
@@ -275,6 +281,7 @@ impl Broker for RedisBroker {
                         eta.timestamp_millis(),
                         inner.options.visibility_timeout,
                     );
+                    due_times.push((queue, parked.due_ms));
                     delayed.extend([
                         Value::from(parked.tag),
                         Value::Bytes(parked.value.into()),
@@ -333,6 +340,9 @@ impl Broker for RedisBroker {
             return Err(broker_error(error));
         }
         parked?;
+        for (queue, due) in due_times {
+            inner.promoter.add(queue, due);
+        }
         Ok(())
     }
 

@@ -98,8 +98,10 @@
 //!
 //! How late a due message can be:
 //!
-//! - a consumer of ours on the queue: on time (it wakes for the earliest due time, and takes
-//!   at least every second);
+//! - a consumer of ours on the queue, or the process that published it while it runs: on
+//!   time (a consumer wakes for the earliest due time and takes at least every second; a
+//!   publisher promotes what it published when due, remembering one due time per queue
+//!   for up to 10 000 queues);
 //! - only other consumers of ours on the Redis database: within their restore interval
 //!   (half the visibility timeout, at most 10 s);
 //! - only Python workers: within kombu's restore interval, `unacked_restore_interval` ×
@@ -137,6 +139,7 @@ mod consumer;
 mod delay;
 mod error;
 mod keys;
+mod promote;
 mod restore;
 mod scripts;
 mod wake;

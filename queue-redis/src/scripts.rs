@@ -300,6 +300,15 @@ return lengths
 "#
 );
 
+/// Promotes the due delayed messages of one queue; returns when the next is due (ms) or
+/// false. KEYS: unacked, unacked_index, the queue's lists. ARGV: delayed set, now (ms).
+const PROMOTE: &str = concat!(
+    promote_lua!(),
+    r#"
+return promote(KEYS[1], KEYS[2], ARGV[1], 3, #KEYS - 2, tonumber(ARGV[2]))
+"#
+);
+
 /// Deletes the ready messages of one queue (after promoting due ones); returns how many.
 /// KEYS: unacked, unacked_index, the queue's lists. ARGV: delayed set, now (ms).
 const PURGE: &str = concat!(
@@ -357,6 +366,7 @@ pub(crate) struct Scripts {
     pub(crate) restore_overdue: Script,
     pub(crate) release_mutex: Script,
     pub(crate) length: Script,
+    pub(crate) promote: Script,
     pub(crate) purge: Script,
     pub(crate) store: Script,
 }
@@ -371,6 +381,7 @@ impl Scripts {
             restore_overdue: Script::from_lua(RESTORE_OVERDUE),
             release_mutex: Script::from_lua(RELEASE_MUTEX),
             length: Script::from_lua(LENGTH),
+            promote: Script::from_lua(PROMOTE),
             purge: Script::from_lua(PURGE),
             store: Script::from_lua(STORE),
         }

@@ -33,8 +33,9 @@ impl Shared {
         let lane = held.list % self.per + 1;
         let index_score = delay::index_score(due_ms, self.broker.options.visibility_timeout);
         let member = delay::member(lane, &index_score, held.raw.len(), &tag);
-        // Wake this consumer's own wait when it is due.
+        // Wake this consumer's own wait when it is due (and this process's promoter).
         self.next_due.fetch_min(due_ms, Ordering::AcqRel);
+        self.broker.promoter.add(&self.queues[queue], due_ms);
         self.move_out(vec![[
             Value::from("P"),
             Value::from(tag),
@@ -124,6 +125,7 @@ impl Shared {
                     );
                 }
                 if let Some(due_ms) = due {
+                    broker.promoter.add(queue, due_ms);
                     if self.queues.iter().any(|ours| ours == queue) {
                         self.next_due.fetch_min(due_ms, Ordering::AcqRel);
                     }
