@@ -15,6 +15,7 @@ pub async fn dead(broker: &str, queue: &str, limit: usize) -> crate::Result<()> 
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     let mut reasons: BTreeMap<&str, String> = BTreeMap::new();
     let mut without_reason = 0;
+    let mut no_reason: BTreeMap<&str, usize> = BTreeMap::new();
     let mut unclassified = 0;
     let mut good = 0;
     for letter in &letters {
@@ -29,6 +30,7 @@ pub async fn dead(broker: &str, queue: &str, limit: usize) -> crate::Result<()> 
         };
         if letter.reason.trim().is_empty() {
             without_reason += 1;
+            *no_reason.entry(kind.unwrap_or("unclassified")).or_default() += 1;
         }
         match kind {
             Some(kind) => {
@@ -49,6 +51,9 @@ pub async fn dead(broker: &str, queue: &str, limit: usize) -> crate::Result<()> 
     }
     for (kind, reason) in &reasons {
         println!("dead reason {kind} {reason}");
+    }
+    for (kind, count) in &no_reason {
+        println!("dead no-reason {kind} {count}");
     }
     if broker.starts_with("redis") {
         // What a worker holds and never settles stays in kombu's `unacked` hash (renewed

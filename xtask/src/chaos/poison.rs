@@ -153,7 +153,14 @@ fn poison(
     }
     let without_reason = number(&dead, "without-reason");
     if without_reason > 0 {
-        broken.push(format!("{without_reason} dead letters without a reason"));
+        let kinds: Vec<String> = per_kind(&dead, "no-reason")
+            .iter()
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
+        broken.push(format!(
+            "{without_reason} dead letters read back without a reason (Broker::dead_letters): {}",
+            kinds.join(", ")
+        ));
     }
     let strays = number(&dead, "good") + number(&dead, "unclassified");
     if strays > 0 {
@@ -170,11 +177,6 @@ fn poison(
             stuck.join(", ")
         ));
     }
-    let sample: Vec<String> = reasons
-        .iter()
-        .take(3)
-        .map(|(kind, reason)| format!("{kind}: {reason:?}"))
-        .collect();
     println!("dead-letter reasons, one per kind:");
     for (kind, reason) in &reasons {
         println!("  {kind}: {reason}");
@@ -182,9 +184,8 @@ fn poison(
     row.judge(
         broken,
         format!(
-            "0 crashes, {total}/{hostile} hostile dead-lettered with a reason ({} kinds; e.g. {}), good all done",
-            dead_kinds.len(),
-            sample.join("; ")
+            "0 crashes, {total}/{hostile} hostile dead-lettered with a reason ({} kinds), good all done",
+            dead_kinds.len()
         ),
     );
     Ok(())
