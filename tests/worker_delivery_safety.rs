@@ -45,6 +45,20 @@ fn app_on(broker: Arc<dyn Broker>, backend: Arc<dyn ResultBackend>) -> queue::Ap
         .state(Runs::default())
 }
 
+/// A memory broker, a faulty backend set up by `configure`, and an app on both.
+async fn setup(
+    configure: impl FnOnce(&FaultyBackend),
+) -> (Arc<MemoryBroker>, Arc<FaultyBackend>, App) {
+    let broker = Arc::new(MemoryBroker::new());
+    let backend = Arc::new(FaultyBackend::new());
+    configure(&backend);
+    let app = app_on(broker.clone(), backend.clone())
+        .build()
+        .await
+        .unwrap();
+    (broker, backend, app)
+}
+
 /// Polls `check` until it holds; for states the memory broker has no signal for.
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -60,13 +74,10 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 #[tokio::test]
 async fn a_panic_while_handling_a_delivery_dead_letters_it_and_the_worker_goes_on() {
     init_logs();
-    let broker = Arc::new(MemoryBroker::new());
-    let backend = Arc::new(FaultyBackend::new());
-    *backend.panic_for.lock().unwrap() = Some("doomed".into());
-    let app = app_on(broker.clone(), backend.clone())
-        .build()
-        .await
-        .unwrap();
+    let (broker, _backend, app) = setup(|backend| {
+        *backend.panic_for.lock().unwrap() = Some("doomed".into());
+    })
+    .await;
     let worker = Worker::new(app.clone()).concurrency(1).spawn();
 
     echo::new(1).task_id("doomed").send(&app).await.unwrap();
@@ -92,13 +103,10 @@ async fn a_panic_while_handling_a_delivery_dead_letters_it_and_the_worker_goes_o
 #[tokio::test]
 async fn an_outcome_is_stored_before_the_ack_retrying_while_the_backend_is_down() {
     init_logs();
-    let broker = Arc::new(MemoryBroker::new());
-    let backend = Arc::new(FaultyBackend::new());
-    backend.set_down(true);
-    let app = app_on(broker.clone(), backend.clone())
-        .build()
-        .await
-        .unwrap();
+    let (broker, backend, app) = setup(|backend| {
+        backend.set_down(true);
+    })
+    .await;
     let worker = Worker::new(app.clone()).spawn();
 
     let result = echo::new(7).send(&app).await.unwrap();
@@ -115,13 +123,10 @@ async fn an_outcome_is_stored_before_the_ack_retrying_while_the_backend_is_down(
 #[tokio::test]
 async fn a_backend_that_stays_down_gets_the_message_back_instead_of_an_ack() {
     init_logs();
-    let broker = Arc::new(MemoryBroker::new());
-    let backend = Arc::new(FaultyBackend::new());
-    backend.set_down(true);
-    let app = app_on(broker.clone(), backend.clone())
-        .build()
-        .await
-        .unwrap();
+    let (broker, backend, app) = setup(|backend| {
+        backend.set_down(true);
+    })
+    .await;
     let worker = Worker::new(app.clone())
         .persist_timeout(Duration::from_millis(100))
         .spawn();
@@ -141,13 +146,10 @@ async fn a_backend_that_stays_down_gets_the_message_back_instead_of_an_ack() {
 #[tokio::test]
 async fn an_outcome_the_backend_refuses_for_good_is_dead_lettered_with_the_reason() {
     init_logs();
-    let broker = Arc::new(MemoryBroker::new());
-    let backend = Arc::new(FaultyBackend::new());
-    backend.refuse.store(true, Ordering::SeqCst);
-    let app = app_on(broker.clone(), backend.clone())
-        .build()
-        .await
-        .unwrap();
+    let (_broker, _backend, app) = setup(|backend| {
+        backend.refuse.store(true, Ordering::SeqCst);
+    })
+    .await;
     let worker = Worker::new(app.clone()).spawn();
 
     echo::new(3).task_id("refused").send(&app).await.unwrap();
@@ -337,12 +339,7 @@ async fn a_sync_task_past_its_hard_limit_fails_once_and_is_never_handed_out_agai
 #[tokio::test]
 async fn unknown_tasks_are_given_back_with_a_delay_and_nothing_stored_then_dead_lettered() {
     init_logs();
-    let broker = Arc::new(MemoryBroker::new());
-    let backend = Arc::new(FaultyBackend::new());
-    let app = app_on(broker.clone(), backend.clone())
-        .build()
-        .await
-        .unwrap();
+    let (broker, backend, app) = setup(|_| {}).await;
     let worker = Worker::new(app.clone()).unknown_task_requeues(1).spawn();
 
     let result = app
