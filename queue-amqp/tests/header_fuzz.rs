@@ -13,7 +13,7 @@
 // The decoder is crate-private; the test compiles the same source file so that it fuzzes
 // exactly what the consumer runs.
 #[allow(dead_code)]
-#[path = "../src/wire.rs"]
+#[path = "../src/wire/mod.rs"]
 mod wire;
 
 #[path = "../../queue-core/tests/fuzz_support/mod.rs"]

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use super::super::later;
 use super::{
-    DELAY, IDLE, WAIT, ack, assert_nothing, close, consume, declare, delivery_id, fetch_one, later,
+    DELAY, IDLE, WAIT, ack, assert_nothing, close, consume, declare, delivery_id, fetch_one,
     message, publish,
 };
 use crate::broker::{Broker, BrokerError, Publish, QueueOrder};
