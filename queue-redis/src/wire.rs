@@ -176,9 +176,18 @@ pub(crate) fn read_dead_letter(entry: &[u8]) -> (String, Result<Message, Undecod
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned(),
-        Err(_) => String::new(),
+        // An envelope whose headers do not decode (which is often why it was dead-lettered)
+        // still carries the reason that was written into them.
+        Err(_) => reason_in_raw_headers(entry).unwrap_or_default(),
     };
     (reason, content)
+}
+
+/// The reason header of an envelope read as plain JSON, without decoding the message.
+fn reason_in_raw_headers(entry: &[u8]) -> Option<String> {
+    let envelope = serde_json::from_slice::<Value>(entry).ok()?;
+    let reason = envelope.get("headers")?.get(DEAD_LETTER_REASON_HEADER)?;
+    reason.as_str().map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -262,5 +271,17 @@ mod tests {
             assert_eq!(reason, "undecodable");
             assert_eq!(content.unwrap_err().raw, raw);
         }
+    }
+
+    #[test]
+    fn dead_letters_whose_headers_do_not_decode_keep_their_reason() {
+        // Headers present but missing `task` and `id`: the envelope cannot be decoded, and
+        // the reason written into its headers must still be read back.
+        let raw = br#"{"body": "W10=", "content-type": "application/json",
+            "content-encoding": "utf-8", "headers": {"lang": "py"},
+            "properties": {"delivery_tag": "t", "body_encoding": "base64"}}"#;
+        let (reason, content) = read_dead_letter(&dead_letter_entry(raw, "missing field `task`"));
+        assert_eq!(reason, "missing field `task`");
+        assert!(content.is_err());
     }
 }
