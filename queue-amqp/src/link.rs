@@ -110,9 +110,13 @@ async fn connect(config: &AmqpConfig, role: &str) -> Result<Connection, AmqpErro
         })
 }
 
-/// Exponential backoff with jitter for reconnection attempts: 100 ms doubling to 5 s.
+/// Exponential backoff with jitter for reconnection attempts: 100 ms doubling to 2 s.
+///
+/// The cap bounds how long a worker stays idle after the server is back (at most 2.5 s
+/// plus the handshake); a reconnect attempt against a down server costs one refused TCP
+/// connect, so retrying every 2 s is cheap for the server too.
 pub(crate) fn backoff(attempt: u32) -> Duration {
-    let base = 100u64.saturating_mul(1u64 << attempt.min(6)).min(5_000);
+    let base = 100u64.saturating_mul(1u64 << attempt.min(5)).min(2_000);
     let jitter = rand::rng().random_range(0..=base / 4);
     Duration::from_millis(base + jitter)
 }
