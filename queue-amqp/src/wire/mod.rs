@@ -55,7 +55,13 @@ pub(crate) fn properties(
         if let Some(expiration) = props.expiration.as_deref() {
             // A TTL of 0 makes RabbitMQ drop the message unless a consumer is waiting: the
             // worker would never see it to record it as revoked. Leave it to the worker.
-            if expiration.parse::<u64>().is_ok_and(|millis| millis > 0) {
+            // Past RabbitMQ's largest TTL the publish would close the channel; the `expires`
+            // header still bounds the task (another producer may have set either).
+            let accepted = 1..=queue_core::app::MAX_MESSAGE_TTL_MS.unsigned_abs();
+            if expiration
+                .parse::<u64>()
+                .is_ok_and(|millis| accepted.contains(&millis))
+            {
                 amqp = amqp.with_expiration(ShortString::from(expiration));
             }
         }

@@ -82,6 +82,25 @@ fn zero_ttl_is_not_sent() {
 }
 
 #[test]
+fn ttl_past_rabbitmqs_largest_is_not_sent() {
+    // RabbitMQ closes the channel on a TTL above ten years (`value_too_large`).
+    let largest = queue_core::app::MAX_MESSAGE_TTL_MS;
+    let mut message = Message::new(
+        Headers::new("t", "i"),
+        Properties {
+            expiration: Some(largest.to_string()),
+            ..Properties::default()
+        },
+        &queue_core::TaskBody::default(),
+    );
+    assert!(properties(&message, true).unwrap().expiration().is_some());
+    message.properties.expiration = Some((largest + 1).to_string());
+    assert!(properties(&message, true).unwrap().expiration().is_none());
+    message.properties.expiration = Some(u64::MAX.to_string());
+    assert!(properties(&message, true).unwrap().expiration().is_none());
+}
+
+#[test]
 fn delay_deaths_are_stripped_others_kept() {
     let mut headers = json!({
         "task": "t", "id": "i",
