@@ -4,6 +4,7 @@
 //! - [`Signature`], [`TaskState`], [`TaskError`], the [`Task`] trait and [`TaskContext`];
 //! - the [`Broker`] and [`ResultBackend`] traits that broker and backend crates implement;
 //! - [`App`] (configuration, registry, routing, sending) and [`AsyncResult`];
+//! - [`events`]: Celery's worker and task events (protocol only);
 //! - [`MemoryBroker`] and [`MemoryBackend`];
 //! - `conformance` (feature `conformance`): the suites every broker and backend must pass.
 //!
@@ -17,6 +18,7 @@ pub mod broker;
 pub mod conformance;
 pub mod connect;
 pub mod error;
+pub mod events;
 pub mod memory;
 pub mod protocol;
 pub mod result;

@@ -28,6 +28,13 @@ pub fn kwargs_repr(kwargs: &Map<String, Value>) -> String {
     truncate(out)
 }
 
+/// `repr(value)`, e.g. `4` or `{'total': 2.5}`: the `result` of a `task-succeeded` event.
+pub fn value_repr(value: &Value) -> String {
+    let mut out = String::new();
+    write_value(&mut out, value);
+    truncate(out)
+}
+
 fn truncate(mut text: String) -> String {
     if text.len() > MAX_LENGTH {
         let mut cut = MAX_LENGTH - 3;

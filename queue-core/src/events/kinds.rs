@@ -1,0 +1,339 @@
+//! The events a worker and a producer send (wire spec §6.3, §6.4) and the source that
+//! stamps them with the standard fields.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, FixedOffset, Local};
+use serde_json::{Map, Value};
+
+use super::{Event, LamportClock};
+use crate::broker::Publish;
+use crate::protocol::Headers;
+use crate::protocol::time::format_timestamp;
+
+/// What our events give as `sw_ident` (Celery's workers say `py-celery`).
+pub const SOFTWARE_IDENTITY: &str = "rs-queue";
+
+/// Who sends events: the node name, process id and Lamport clock stamped on each.
+#[derive(Clone, Debug)]
+pub struct EventSource {
+    hostname: String,
+    pid: u64,
+    utcoffset: f64,
+    clock: Arc<LamportClock>,
+}
+
+impl EventSource {
+    /// A source for node `hostname` (`celery@host` for a worker), with its own clock.
+    pub fn new(hostname: impl Into<String>) -> Self {
+        Self::with_clock(hostname, Arc::new(LamportClock::default()))
+    }
+
+    /// A source sharing `clock` (a worker's events and control replies share one).
+    pub fn with_clock(hostname: impl Into<String>, clock: Arc<LamportClock>) -> Self {
+        Self {
+            hostname: hostname.into(),
+            pid: u64::from(std::process::id()),
+            utcoffset: utcoffset(),
+            clock,
+        }
+    }
+
+    /// The node name events are sent as.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// The clock stamped on events.
+    pub fn clock(&self) -> &Arc<LamportClock> {
+        &self.clock
+    }
+
+    /// An event of type `kind` with `fields`, stamped now.
+    pub fn event(&self, kind: &str, fields: Map<String, Value>) -> Event {
+        Event {
+            kind: kind.to_owned(),
+            hostname: self.hostname.clone(),
+            timestamp: unix_now(),
+            utcoffset: self.utcoffset,
+            pid: self.pid,
+            clock: self.clock.forward(),
+            fields,
+        }
+    }
+
+    /// A task event.
+    pub fn task(&self, event: TaskEvent) -> Event {
+        let (kind, fields) = event.into_fields();
+        self.event(kind, fields)
+    }
+
+    /// `worker-online`, `worker-heartbeat` or `worker-offline` (`kind`) with `status`.
+    pub fn worker(&self, kind: WorkerEventKind, status: &WorkerStatus) -> Event {
+        self.event(kind.as_str(), status.fields())
+    }
+}
+
+/// The three worker events every worker sends, task events on or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerEventKind {
+    /// On start.
+    Online,
+    /// Every `freq` seconds.
+    Heartbeat,
+    /// On shutdown.
+    Offline,
+}
+
+impl WorkerEventKind {
+    /// The event type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "worker-online",
+            Self::Heartbeat => "worker-heartbeat",
+            Self::Offline => "worker-offline",
+        }
+    }
+}
+
+/// What a worker event tells about the worker (§6.3).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerStatus {
+    /// Seconds between heartbeats; a monitor deems the worker gone after twice this.
+    pub freq: f64,
+    /// Tasks executing now.
+    pub active: u64,
+    /// Tasks accepted since the worker started.
+    pub processed: u64,
+    /// The 1, 5 and 15 minute load averages.
+    pub loadavg: [f64; 3],
+    /// The software version (`sw_ver`).
+    pub version: String,
+}
+
+impl WorkerStatus {
+    fn fields(&self) -> Map<String, Value> {
+        let mut fields = Map::new();
+        fields.insert("freq".into(), Value::from(self.freq));
+        fields.insert("active".into(), Value::from(self.active));
+        fields.insert("processed".into(), Value::from(self.processed));
+        let loadavg: Vec<Value> = self
+            .loadavg
+            .iter()
+            .map(|load| Value::from((load * 100.0).ceil() / 100.0))
+            .collect();
+        fields.insert("loadavg".into(), Value::Array(loadavg));
+        fields.insert("sw_ident".into(), Value::from(SOFTWARE_IDENTITY));
+        fields.insert("sw_ver".into(), Value::from(self.version.as_str()));
+        fields.insert("sw_sys".into(), Value::from(system_name()));
+        fields
+    }
+}
+
+/// A task event and its fields (§6.4). Reprs are Python-style strings, as Flower shows them.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum TaskEvent {
+    /// Published by a producer (when `task_send_sent_event` is on).
+    Sent {
+        /// The message's headers.
+        headers: Box<Headers>,
+        /// The queue it was sent to.
+        queue: String,
+        /// The exchange (empty for the default exchange).
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+    },
+    /// Received by a worker.
+    Received(Box<Headers>),
+    /// Started executing.
+    Started {
+        /// The task id.
+        uuid: String,
+    },
+    /// Returned a value.
+    Succeeded {
+        /// The task id.
+        uuid: String,
+        /// `repr` of the return value.
+        result: String,
+        /// Seconds it ran.
+        runtime: f64,
+    },
+    /// Failed for good.
+    Failed {
+        /// The task id.
+        uuid: String,
+        /// `repr` of the error, e.g. `ValueError('boom')`.
+        exception: String,
+        /// The traceback text (may be empty).
+        traceback: String,
+    },
+    /// Failed and will run again.
+    Retried {
+        /// The task id.
+        uuid: String,
+        /// `repr` of the error.
+        exception: String,
+        /// The traceback text (may be empty).
+        traceback: String,
+    },
+    /// Revoked, expired or terminated.
+    Revoked {
+        /// The task id.
+        uuid: String,
+        /// Whether it was stopped while running.
+        terminated: bool,
+        /// The signal it was stopped with, if any.
+        signum: Option<i32>,
+        /// Whether it was discarded because it expired.
+        expired: bool,
+    },
+    /// Rejected by the worker (dead-lettered or given back).
+    Rejected {
+        /// The task id.
+        uuid: String,
+        /// Whether the message went back to its queue.
+        requeue: bool,
+    },
+}
+
+impl TaskEvent {
+    /// `task-sent` for `publish`.
+    pub fn sent(publish: &Publish) -> Self {
+        Self::Sent {
+            headers: Box::new(publish.message.headers.clone()),
+            queue: publish.queue.clone(),
+            exchange: publish.exchange.clone().unwrap_or_default(),
+            routing_key: publish
+                .routing_key
+                .clone()
+                .unwrap_or_else(|| publish.queue.clone()),
+        }
+    }
+
+    /// `task-received` for a message with `headers`.
+    pub fn received(headers: &Headers) -> Self {
+        Self::Received(Box::new(headers.clone()))
+    }
+
+    /// The event type and its fields.
+    pub fn into_fields(self) -> (&'static str, Map<String, Value>) {
+        let mut fields = Map::new();
+        let kind = match self {
+            Self::Sent {
+                headers,
+                queue,
+                exchange,
+                routing_key,
+            } => {
+                message_fields(&mut fields, &headers);
+                fields.insert("queue".into(), Value::from(queue));
+                fields.insert("exchange".into(), Value::from(exchange));
+                fields.insert("routing_key".into(), Value::from(routing_key));
+                "task-sent"
+            }
+            Self::Received(headers) => {
+                message_fields(&mut fields, &headers);
+                "task-received"
+            }
+            Self::Started { uuid } => {
+                fields.insert("uuid".into(), Value::from(uuid));
+                "task-started"
+            }
+            Self::Succeeded {
+                uuid,
+                result,
+                runtime,
+            } => {
+                fields.insert("uuid".into(), Value::from(uuid));
+                fields.insert("result".into(), Value::from(result));
+                let runtime = if runtime.is_finite() { runtime } else { 0.0 };
+                fields.insert("runtime".into(), Value::from(runtime));
+                "task-succeeded"
+            }
+            Self::Failed {
+                uuid,
+                exception,
+                traceback,
+            } => {
+                fields.insert("uuid".into(), Value::from(uuid));
+                fields.insert("exception".into(), Value::from(exception));
+                fields.insert("traceback".into(), Value::from(traceback));
+                "task-failed"
+            }
+            Self::Retried {
+                uuid,
+                exception,
+                traceback,
+            } => {
+                fields.insert("uuid".into(), Value::from(uuid));
+                fields.insert("exception".into(), Value::from(exception));
+                fields.insert("traceback".into(), Value::from(traceback));
+                "task-retried"
+            }
+            Self::Revoked {
+                uuid,
+                terminated,
+                signum,
+                expired,
+            } => {
+                fields.insert("uuid".into(), Value::from(uuid));
+                fields.insert("terminated".into(), Value::from(terminated));
+                fields.insert("signum".into(), signum.map_or(Value::Null, Value::from));
+                fields.insert("expired".into(), Value::from(expired));
+                "task-revoked"
+            }
+            Self::Rejected { uuid, requeue } => {
+                fields.insert("uuid".into(), Value::from(uuid));
+                fields.insert("requeue".into(), Value::from(requeue));
+                "task-rejected"
+            }
+        };
+        (kind, fields)
+    }
+}
+
+/// The message fields `task-sent` and `task-received` share.
+fn message_fields(fields: &mut Map<String, Value>, headers: &Headers) {
+    let optional = |value: &Option<String>| value.clone().map_or(Value::Null, Value::from);
+    let time = |value: &Option<DateTime<FixedOffset>>| {
+        value
+            .as_ref()
+            .map_or(Value::Null, |at| Value::from(format_timestamp(at)))
+    };
+    fields.insert("uuid".into(), Value::from(headers.id.as_str()));
+    fields.insert("name".into(), Value::from(headers.task.as_str()));
+    fields.insert("args".into(), optional(&headers.argsrepr));
+    fields.insert("kwargs".into(), optional(&headers.kwargsrepr));
+    fields.insert("root_id".into(), optional(&headers.root_id));
+    fields.insert("parent_id".into(), optional(&headers.parent_id));
+    fields.insert("retries".into(), Value::from(headers.retries));
+    fields.insert("eta".into(), time(&headers.eta));
+    fields.insert("expires".into(), time(&headers.expires));
+}
+
+/// Seconds since the epoch, as Python's `time.time()`.
+pub(crate) fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
+}
+
+/// Hours west of UTC, as Celery sends `utcoffset` (`time.timezone / 3600`): New York 5.0.
+fn utcoffset() -> f64 {
+    -f64::from(Local::now().offset().local_minus_utc()) / 3600.0
+}
+
+/// `platform.system()`: `Linux`, `Darwin`, `Windows`.
+fn system_name() -> &'static str {
+    match std::env::consts::OS {
+        "linux" => "Linux",
+        "macos" => "Darwin",
+        "windows" => "Windows",
+        "freebsd" => "FreeBSD",
+        other => other,
+    }
+}
