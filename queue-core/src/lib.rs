@@ -4,7 +4,8 @@
 //! - [`Signature`], [`TaskState`], [`TaskError`], the [`Task`] trait and [`TaskContext`];
 //! - the [`Broker`] and [`ResultBackend`] traits that broker and backend crates implement;
 //! - [`App`] (configuration, registry, routing, sending) and [`AsyncResult`];
-//! - [`events`]: Celery's worker and task events (protocol only);
+//! - [`events`]: Celery's worker and task events (protocol only), and [`broadcast`]: the
+//!   fanout side of a broker they travel on;
 //! - [`MemoryBroker`] and [`MemoryBackend`];
 //! - `conformance` (feature `conformance`): the suites every broker and backend must pass.
 //!
@@ -13,6 +14,7 @@
 pub mod app;
 pub mod backend;
 pub mod blocking;
+pub mod broadcast;
 pub mod broker;
 #[cfg(feature = "conformance")]
 pub mod conformance;
