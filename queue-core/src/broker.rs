@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, FixedOffset};
 use rand::Rng;
 
+use crate::broadcast::Broadcast;
 use crate::protocol::{Message, ProtocolError};
 
 /// Header added to a dead-lettered message: why it was dead-lettered.
@@ -240,6 +241,21 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Lists up to `limit` dead letters of `queue`, oldest first.
     async fn dead_letters(&self, queue: &str, limit: usize)
     -> Result<Vec<DeadLetter>, BrokerError>;
+
+    /// The broker's fanout side (events, remote control), if it has one.
+    ///
+    /// ```
+    /// # async fn example() {
+    /// use std::sync::Arc;
+    /// use queue_core::{Broker, MemoryBroker};
+    ///
+    /// let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    /// assert!(broker.clone().broadcast().is_some());
+    /// # }
+    /// ```
+    fn broadcast(self: Arc<Self>) -> Option<Arc<dyn Broadcast>> {
+        None
+    }
 }
 
 /// A consumer of several queues. All methods take `&self`: tasks ack concurrently.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use queue_core::{MemoryBackend, MemoryBroker};
 
 queue_core::broker_conformance_tests!(async { Arc::new(MemoryBroker::new()) });
+queue_core::broadcast_conformance_tests!(async { Arc::new(MemoryBroker::new()) });
 
 queue_core::backend_conformance_tests!(|expiry: Option<Duration>| async move {
     Arc::new(match expiry {

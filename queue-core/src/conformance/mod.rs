@@ -43,6 +43,7 @@
 //! tokio's macros itself.
 
 pub mod backend;
+pub mod broadcast;
 pub mod broker;
 pub mod server;
 
@@ -124,6 +125,60 @@ macro_rules! broker_conformance_tests {
     };
     ($factory:expr $(,)?) => {
         $crate::__broker_checks! { (@local $factory) }
+    };
+}
+
+/// Expands to one `#[tokio::test]` per check of [`conformance::broadcast`](broadcast) (the
+/// broker's [`Broadcast`](crate::broadcast::Broadcast) side), in a module
+/// `broadcast_conformance`. Same forms as
+/// [`broker_conformance_tests!`](crate::broker_conformance_tests); a broker crate adds it
+/// when it implements [`Broker::broadcast`](crate::Broker::broadcast).
+///
+/// ```
+/// use std::sync::Arc;
+/// use queue_core::MemoryBroker;
+///
+/// queue_core::broadcast_conformance_tests!(async { Arc::new(MemoryBroker::new()) });
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! broadcast_conformance_tests {
+    (server = $variable:expr, $factory:expr $(,)?) => {
+        $crate::__broadcast_checks! { (@server $variable, $factory) }
+    };
+    ($factory:expr $(,)?) => {
+        $crate::__broadcast_checks! { (@local $factory) }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __broadcast_checks {
+    ($make:tt) => {
+        mod broadcast_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::conformance::__private::tokio;
+
+            $crate::__broadcast_check! { $make; fanout_reaches_every_subscriber }
+            $crate::__broadcast_check! { $make; topic_routes_by_pattern }
+            $crate::__broadcast_check! { $make; direct_routes_to_its_key }
+            $crate::__broadcast_check! { $make; a_dropped_subscription_is_left_behind }
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __broadcast_check {
+    ($make:tt; $check:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let broker: ::std::sync::Arc<dyn $crate::Broker> =
+                $crate::__conformance_subject!($make);
+            let prefix = $crate::conformance::unique_prefix(stringify!($check));
+            $crate::conformance::broadcast::$check(broker, &prefix).await;
+        }
     };
 }
 

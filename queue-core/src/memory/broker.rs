@@ -9,6 +9,8 @@ use chrono::{DateTime, FixedOffset};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::broadcast::Subscribers;
+use crate::broadcast::Broadcast;
 use crate::broker::{
     Broker, BrokerError, ConsumeOptions, Consumer, DEAD_LETTER_REASON_HEADER, DeadLetter, Delivery,
     DeliveryTag, Publish, QueueLength, QueueOrder, Undecodable, dead_letter_queue,
@@ -36,6 +38,7 @@ pub struct MemoryBroker {
 #[derive(Debug, Default)]
 struct Shared {
     state: Mutex<State>,
+    subscribers: Subscribers,
     changed: Notify,
     next_tag: AtomicU64,
     next_sequence: AtomicU64,
@@ -198,6 +201,12 @@ impl MemoryBroker {
     }
 }
 
+impl MemoryBroker {
+    pub(super) fn subscribers(&self) -> &Subscribers {
+        &self.shared.subscribers
+    }
+}
+
 impl State {
     /// Moves due delayed messages into their queues; returns when the next one is due.
     fn promote_due(&mut self, now: Instant) -> Option<Instant> {
@@ -215,6 +224,10 @@ impl State {
 
 #[async_trait]
 impl Broker for MemoryBroker {
+    fn broadcast(self: Arc<Self>) -> Option<Arc<dyn Broadcast>> {
+        Some(self)
+    }
+
     async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
         self.lock().queues.entry(queue.to_owned()).or_default();
         Ok(())

@@ -3,6 +3,7 @@
 //! the quickstart and single-process apps.
 
 mod backend;
+mod broadcast;
 mod broker;
 
 pub use backend::MemoryBackend;
