@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
+use queue_core::broadcast::Broadcast;
 use queue_core::broker::{
     Broker, BrokerError, ConsumeOptions, Consumer, DEAD_LETTER_REASON_HEADER, DeadLetter, Publish,
     QueueLength, dead_letter_queue,
@@ -33,7 +34,7 @@ use crate::wire;
 /// ```
 #[derive(Clone)]
 pub struct AmqpBroker {
-    inner: Arc<BrokerInner>,
+    pub(crate) inner: Arc<BrokerInner>,
 }
 
 pub(crate) struct BrokerInner {
@@ -121,6 +122,7 @@ impl AmqpBroker {
                     routing_key: delay_routing_key(delay_ms, &queue),
                     properties,
                     body,
+                    mandatory: true,
                 },
                 Some(queue),
             ),
@@ -130,6 +132,7 @@ impl AmqpBroker {
                     routing_key: routing_key.unwrap_or_else(|| queue.clone()),
                     properties,
                     body,
+                    mandatory: true,
                 },
                 None,
             ),
@@ -191,6 +194,11 @@ impl Broker for AmqpBroker {
 
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
         Ok(self.inner.topology.purge(queue).await?)
+    }
+
+    /// Events and remote control, as kombu has them on RabbitMQ (see [`crate::broadcast`]).
+    fn broadcast(self: Arc<Self>) -> Option<Arc<dyn Broadcast>> {
+        Some(self)
     }
 
     /// Reads the dead-letter queue with `basic.get` on a channel of its own, then closes

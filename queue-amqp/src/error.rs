@@ -66,6 +66,13 @@ pub enum AmqpError {
     /// message again, so nothing is lost.
     #[error("delivery {0} belongs to an earlier channel; RabbitMQ delivers the message again")]
     StaleDelivery(u64),
+    /// RabbitMQ ended a broadcast subscription's consumer without being asked (its queue was
+    /// deleted, or its channel closed); the subscription subscribes again.
+    #[error("RabbitMQ ended the consumer of {queue}")]
+    ConsumerEnded {
+        /// The subscription's queue.
+        queue: String,
+    },
     /// A publish kept failing through reconnections for longer than the publish timeout.
     #[error("publish failed for {seconds:.1} s while reconnecting: {last}")]
     PublishTimeout {
@@ -100,7 +107,9 @@ impl AmqpError {
             AmqpError::Operation { source, .. } | AmqpError::Connect { source, .. } => {
                 is_transient(source)
             }
-            AmqpError::StaleDelivery(_) | AmqpError::PublishTimeout { .. } => true,
+            AmqpError::StaleDelivery(_)
+            | AmqpError::PublishTimeout { .. }
+            | AmqpError::ConsumerEnded { .. } => true,
             _ => false,
         }
     }

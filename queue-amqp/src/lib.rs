@@ -31,6 +31,9 @@
 //!   and puts them back. With `dead_letter_rejected=true`, task queues are also declared
 //!   with `x-dead-letter-exchange`, so that messages any client rejects, and expired ones,
 //!   land there too (this changes the queue's arguments, see above).
+//! - **Events and remote control** (`celeryev`, `celery.pidbox`, `reply.celery.pidbox`):
+//!   [`Broker::broadcast`] is the broker itself; exchanges and queues are declared
+//!   with kombu's flags and arguments, see [`broadcast`].
 //! - **Consuming**: see [`consumer`] and the driver's documentation on how prefetch and
 //!   the order between queues work together.
 //! - **Recovery**: connections and channels that break are opened again with backoff;
@@ -57,6 +60,7 @@
 //!
 //! URL options: [`AmqpConfig`].
 
+pub mod broadcast;
 mod broker;
 mod config;
 pub mod consumer;

@@ -5,8 +5,8 @@
 //! whatever its size. Concurrent producers spread over `publish_channels` channels, which
 //! RabbitMQ serves in parallel (one channel process each).
 //!
-//! Messages are `mandatory`: one that no queue takes comes back as an error instead of
-//! vanishing. When the connection breaks, the unconfirmed part of the batch is published
+//! Task messages are `mandatory`: one that no queue takes comes back as an error instead of
+//! vanishing. Broadcasts (events, remote control) are not: nobody listening is normal. When the connection breaks, the unconfirmed part of the batch is published
 //! again on a new connection (at-least-once: a message whose confirm was lost with the
 //! connection may be stored twice), until `publish_timeout`.
 
@@ -35,6 +35,8 @@ pub(crate) struct Outgoing {
     pub(crate) routing_key: String,
     pub(crate) properties: BasicProperties,
     pub(crate) body: Arc<Vec<u8>>,
+    /// Whether RabbitMQ returns the message when no queue takes it (an error here).
+    pub(crate) mandatory: bool,
 }
 
 struct PublishChannel {
@@ -68,10 +70,19 @@ impl Publisher {
 
     /// Publishes `batch` and returns once RabbitMQ confirmed every message.
     pub(crate) async fn publish(&self, batch: &[Outgoing]) -> Result<(), AmqpError> {
+        self.publish_since(batch, Instant::now()).await
+    }
+
+    /// As [`publish`](Self::publish), for an operation that began at `started` (its
+    /// earlier steps count against the publish timeout too).
+    pub(crate) async fn publish_since(
+        &self,
+        batch: &[Outgoing],
+        started: Instant,
+    ) -> Result<(), AmqpError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let started = Instant::now();
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let mut pending: Vec<&Outgoing> = batch.iter().collect();
         let mut attempt = 0;
@@ -147,10 +158,6 @@ async fn publish_on(
     channel: &PublishChannel,
     batch: &[&Outgoing],
 ) -> Result<(), (Vec<bool>, AmqpError)> {
-    let options = BasicPublishOptions {
-        mandatory: true,
-        ..BasicPublishOptions::default()
-    };
     // Push every message's frames now, in order, without waiting for each write.
     let mut sends: Vec<(PublishFuture<'_>, Option<lapin::Result<PublisherConfirm>>)> =
         Vec::with_capacity(batch.len());
@@ -161,6 +168,10 @@ async fn publish_on(
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut context = Context::from_waker(noop_waker_ref());
         for outgoing in batch {
+            let options = BasicPublishOptions {
+                mandatory: outgoing.mandatory,
+                ..BasicPublishOptions::default()
+            };
             let mut send: PublishFuture<'_> = Box::pin(channel.channel.basic_publish(
                 &outgoing.exchange,
                 &outgoing.routing_key,

@@ -82,6 +82,8 @@ struct Declared {
     dead_letters: Names,
     delay_levels: bool,
     delay_targets: Names,
+    /// Broadcast exchanges (`celeryev`, `celery.pidbox`, …), see [`crate::broadcast`].
+    exchanges: Names,
 }
 
 impl Declared {
@@ -92,6 +94,7 @@ impl Declared {
             dead_letters: Names::new(),
             delay_levels: false,
             delay_targets: Names::new(),
+            exchanges: Names::new(),
         }
     }
 }
@@ -210,6 +213,37 @@ impl Topology {
             self.ensure_dead_letter(queue).await?;
         }
         self.declared().queues.insert(queue);
+        Ok(())
+    }
+
+    /// Declares the exchange `name` of `kind` (not auto-deleted, no arguments, as kombu
+    /// does), once per connection. One that exists with other settings is used as it is
+    /// (logged): declaring it differently would not change it anyway.
+    pub(crate) async fn ensure_exchange(
+        &self,
+        name: &str,
+        kind: ExchangeKind,
+        durable: bool,
+    ) -> Result<(), AmqpError> {
+        if self.declared().exchanges.contains(name) {
+            return Ok(());
+        }
+        let exchange = name.to_owned();
+        let options = ExchangeDeclareOptions {
+            durable,
+            ..ExchangeDeclareOptions::default()
+        };
+        self.tolerate_precondition(
+            self.admin(format!("exchange.declare {name}"), |channel| async move {
+                channel
+                    .exchange_declare(&exchange, kind, options, FieldTable::default())
+                    .await
+            })
+            .await,
+            name,
+            "exchange",
+        )?;
+        self.declared().exchanges.insert(name);
         Ok(())
     }
 

@@ -22,3 +22,12 @@ queue_core::broker_conformance_tests!(server = common::URL_VARIABLE, |url: Strin
             .expect("connect to RabbitMQ"),
     )
 });
+
+// The broadcast side (events, remote control): exchanges and queues as kombu declares them.
+queue_core::broadcast_conformance_tests!(server = common::URL_VARIABLE, |url: String| async move {
+    Arc::new(
+        AmqpBroker::connect(&common::with_query(&url, ""))
+            .await
+            .expect("connect to RabbitMQ"),
+    )
+});

@@ -261,6 +261,7 @@ impl Consumer for AmqpConsumer {
                 Some((DEAD_LETTER_REASON_HEADER, reason)),
             ),
             body,
+            mandatory: true,
         };
         broker.publisher.publish(&[outgoing]).await?;
         let (task_id, task_name) = task_fields(delivery);
@@ -291,6 +292,7 @@ impl Consumer for AmqpConsumer {
             routing_key: delay_routing_key(delay_ms, queue),
             properties: wire::republish_properties(&properties, None),
             body,
+            mandatory: true,
         };
         broker.publisher.publish(&[outgoing]).await?;
         self.ack(delivery).await

@@ -188,3 +188,42 @@ impl Drop for PrivateRabbit {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A plain lapin connection and channel to `url`, for what the broker API does not do
+/// (passive declarations, deleting test exchanges). Keep the connection while using the
+/// channel.
+pub async fn raw_channel(url: &str) -> (lapin::Connection, lapin::Channel) {
+    let handle = tokio::runtime::Handle::current();
+    let properties = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::default().with_handle(handle.clone()))
+        .with_reactor(tokio_reactor_trait::Tokio::default().with_handle(handle));
+    let connection = lapin::Connection::connect(url, properties)
+        .await
+        .expect("connect to RabbitMQ");
+    let channel = connection.create_channel().await.expect("open a channel");
+    (connection, channel)
+}
+
+/// The AMQP reply code of a passive `queue.declare` of `queue` on a new channel: `None`
+/// when it exists and is free, 404 when it does not exist, 405 when it is another
+/// connection's exclusive queue.
+pub async fn passive_declare(connection: &lapin::Connection, queue: &str) -> Option<u16> {
+    let channel = connection.create_channel().await.expect("open a channel");
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let result = channel
+        .queue_declare(queue, passive, Default::default())
+        .await;
+    match result {
+        Ok(_) => {
+            let _ = channel.close(200, "checked").await;
+            None
+        }
+        Err(error) => match error.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+            other => panic!("passive declare of {queue}: {other:?}"),
+        },
+    }
+}
