@@ -169,7 +169,9 @@ impl RedisBackend {
     async fn subscriber(&self) -> Result<&(SubscriberClient, bool), BackendError> {
         self.inner
             .subscriber
-            .get_or_try_init(|| async { connection::connect_subscriber(&self.inner.options).await })
+            .get_or_try_init(|| async {
+                connection::connect_subscriber(&self.inner.options, "result subscriber").await
+            })
             .await
             .map_err(BackendError::from)
     }

@@ -10,6 +10,7 @@ use fred::prelude::{
     Client, ClientLike, HashesInterface, ListInterface, SetsInterface, SortedSetsInterface,
 };
 use fred::types::Value;
+use queue_core::broadcast::Broadcast;
 use queue_core::broker::{
     Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, Publish, QueueLength,
 };
@@ -433,6 +434,11 @@ impl Broker for RedisBroker {
                 }
             })
             .collect())
+    }
+
+    /// Events and remote control on kombu's layout (see `crate::broadcast`).
+    fn broadcast(self: Arc<Self>) -> Option<Arc<dyn Broadcast>> {
+        Some(self)
     }
 }
 

@@ -64,6 +64,7 @@ pub(crate) async fn connect(
 /// subscription took effect. Returns whether RESP3 is in use.
 pub(crate) async fn connect_subscriber(
     options: &RedisOptions,
+    role: &'static str,
 ) -> Result<(SubscriberClient, bool), RedisError> {
     for resp3 in [true, false] {
         let mut builder = builder(options)?;
@@ -73,7 +74,7 @@ pub(crate) async fn connect_subscriber(
         let client = builder.build_subscriber_client()?;
         match client.init().await {
             Ok(_) => {
-                watch(&client, "result subscriber", options.redacted());
+                watch(&client, role, options.redacted());
                 let _resubscribe = client.manage_subscriptions();
                 return Ok((client, resp3));
             }

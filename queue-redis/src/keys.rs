@@ -18,6 +18,8 @@ pub(crate) struct Keys {
     pub(crate) unacked: String,
     pub(crate) unacked_index: String,
     pub(crate) unacked_mutex: String,
+    /// kombu 5.7's deadlines of binding tables (sorted set, member: exchange).
+    pub(crate) binding_deadlines: String,
 }
 
 impl Keys {
@@ -28,6 +30,7 @@ impl Keys {
             unacked: format!("{prefix}unacked"),
             unacked_index: format!("{prefix}unacked_index"),
             unacked_mutex: format!("{prefix}unacked_mutex"),
+            binding_deadlines: format!("{prefix}_kombu.binding_deadlines"),
         }
     }
 
@@ -89,6 +92,17 @@ impl Keys {
         format!("{}_kombu.binding.{exchange}", self.prefix)
     }
 
+    /// kombu's pub/sub channel of a fanout exchange (`_get_publish_topic`, with
+    /// `fanout_prefix` and `fanout_patterns` on, as Celery runs):
+    /// `<prefix>/<db>.<exchange>`, then `/<routing key>` when the key is not empty.
+    pub(crate) fn fanout_channel(&self, db: u8, exchange: &str, routing_key: &str) -> String {
+        if routing_key.is_empty() {
+            format!("{}/{db}.{exchange}", self.prefix)
+        } else {
+            format!("{}/{db}.{exchange}/{routing_key}", self.prefix)
+        }
+    }
+
     /// kombu 5.7's set of bindings that never expire.
     pub(crate) fn binding_permanent(&self, exchange: &str) -> String {
         format!("{}_kombu.binding_permanent.{exchange}", self.prefix)
@@ -132,6 +146,17 @@ mod tests {
         assert_eq!(prefixed.unacked, "p:unacked");
         assert_eq!(prefixed.list("q", 3), "p:q\x06\x163");
         assert_eq!(prefixed.binding("q"), "p:_kombu.binding.q");
+        assert_eq!(prefixed.binding_deadlines, "p:_kombu.binding_deadlines");
+        // Captured: `/2.celeryev/worker.online`, `/2.celery.pidbox`.
+        assert_eq!(
+            keys.fanout_channel(2, "celeryev", "worker.online"),
+            "/2.celeryev/worker.online"
+        );
+        assert_eq!(
+            keys.fanout_channel(2, "celery.pidbox", ""),
+            "/2.celery.pidbox"
+        );
+        assert_eq!(prefixed.fanout_channel(0, "e", "k"), "p:/0.e/k");
     }
 
     #[test]

@@ -21,6 +21,8 @@
 //! | `unacked_index` | sorted set | delivery tag, scored by fetch (or renew) time in seconds; a delayed message by its due time minus the visibility timeout |
 //! | `unacked_mutex` | string | kombu's lock around the visibility-timeout restore |
 //! | `_kombu.binding.<queue>`, `_kombu.binding_permanent.<queue>` | set | the queue's binding, as Celery declares it |
+//! | `_kombu.binding.<exchange>`, `_kombu.binding_deadlines` | set, sorted set | broadcast direct exchanges (`reply.celery.pidbox`): member `<routing key>\x06\x16\x06\x16<queue>` per subscription; the exchange's deadline (ms), kombu 5.7's sweep deletes the table once past |
+//! | `/<db>.<exchange>`, `/<db>.<exchange>/<routing key>` | pub/sub channel | broadcast fanout and topic messages (`celeryev`, `celery.pidbox`): kombu envelopes, `PUBLISH`/`PSUBSCRIBE` (see [`Broadcast`](queue_core::broadcast::Broadcast) below) |
 //! | `_queue.delayed.<queue>` | sorted set | ours: an index of the delayed messages of the queue, scored by due time (ms), member `<list number>\|<index score>\|<envelope length>\|<tag>` |
 //! | `<queue>.dead_letter` | list | ours: dead letters, newest at the head (see below) |
 //! | `celery-task-meta-<id>` | string | Celery's task meta JSON, `SET … PX` with the result expiry, `PUBLISH`ed on its own name |
@@ -123,6 +125,14 @@
 //! is. Bytes that were not an envelope are kept in a wrapper
 //! `{"x-dead-letter": {"reason": …, "raw": …, "raw_encoding": "utf-8" | "base64"}}`.
 //!
+//! # Broadcast (events, remote control)
+//!
+//! [`RedisBroker`] implements [`queue_core::broadcast::Broadcast`] as kombu does on Redis:
+//! fanout and topic exchanges over pub/sub on kombu's channels, direct exchanges (control
+//! replies) through kombu's binding table and queue lists. Each subscription has a
+//! connection of its own, resubscribed or re-declared after a reconnect; dropping it
+//! unsubscribes, or removes its binding and lists. Layout and exactness in `broadcast.rs`.
+//!
 //! # Results
 //!
 //! Celery's Redis backend: `SET celery-task-meta-<id> <meta> PX <expiry>` and `PUBLISH` on
@@ -132,6 +142,7 @@
 
 mod backend;
 mod batch;
+mod broadcast;
 mod broker;
 mod config;
 mod connection;

@@ -356,6 +356,18 @@ end
 return stored
 "#;
 
+/// kombu 5.7's `REFRESH_BINDING`, byte for byte (so its SHA-1 is kombu's, `ef7a9e20…`): adds
+/// member ARGV[1] to the binding table KEYS[1] and raises exchange ARGV[2]'s deadline in
+/// `_kombu.binding_deadlines` (KEYS[2]) to ARGV[3] ms from now, by the server clock. The
+/// sweep of Python consumers deletes a table whose deadline passed (unless a permanent set
+/// exists), so a binding whose process died without removing it does not stay forever.
+pub(crate) const REFRESH_BINDING: &str = "
+redis.call('SADD', KEYS[1], ARGV[1])
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[2], 'GT', ms + tonumber(ARGV[3]), ARGV[2])
+";
+
 /// The scripts, with their SHA-1 computed once.
 #[derive(Clone, Debug)]
 pub(crate) struct Scripts {
@@ -369,6 +381,7 @@ pub(crate) struct Scripts {
     pub(crate) promote: Script,
     pub(crate) purge: Script,
     pub(crate) store: Script,
+    pub(crate) refresh_binding: Script,
 }
 
 impl Scripts {
@@ -384,6 +397,7 @@ impl Scripts {
             promote: Script::from_lua(PROMOTE),
             purge: Script::from_lua(PURGE),
             store: Script::from_lua(STORE),
+            refresh_binding: Script::from_lua(REFRESH_BINDING),
         }
     }
 }

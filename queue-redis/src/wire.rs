@@ -1,11 +1,12 @@
 //! What goes into Redis: kombu envelopes with our priority translated, the redelivered marks
-//! kombu's restore sets, and dead-letter entries.
+//! kombu's restore sets, dead-letter entries, and the envelopes of broadcast messages.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use queue_core::broadcast::BroadcastMessage;
 use queue_core::broker::{DEAD_LETTER_REASON_HEADER, Undecodable};
-use queue_core::protocol::{Message, envelope};
-use serde_json::{Map, Value};
+use queue_core::protocol::{JSON_CONTENT_TYPE, Message, envelope};
+use serde_json::{Map, Value, json};
 
 use crate::keys::{our_priority, wire_priority};
 
@@ -190,6 +191,85 @@ fn reason_in_raw_headers(entry: &[u8]) -> Option<String> {
     reason.as_str().map(str::to_owned)
 }
 
+/// kombu's `delivery_mode` for transient messages: what Celery's events and control replies
+/// carry (Redis stores nothing by it; kombu ignores it there).
+const TRANSIENT: u8 = 1;
+
+/// A broadcast message as kombu's virtual transport sends it on Redis, in kombu's field
+/// order: the body base64-encoded, the headers as given, `delivery_info` naming the exchange
+/// and routing key, priority 0 (the plain list of a direct queue), a fresh delivery tag.
+pub(crate) fn encode_broadcast(exchange: &str, message: &BroadcastMessage) -> Vec<u8> {
+    let envelope = json!({
+        "body": STANDARD.encode(&message.body),
+        "content-encoding": "utf-8",
+        "content-type": JSON_CONTENT_TYPE,
+        "headers": message.headers,
+        "properties": {
+            "delivery_mode": TRANSIENT,
+            "delivery_info": envelope::delivery_info(exchange, &message.routing_key),
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": uuid::Uuid::new_v4().to_string(),
+        },
+    });
+    serde_json::to_vec(&envelope).expect("JSON values always serialize")
+}
+
+/// Reads a broadcast envelope (ours or kombu's): the routing key of its `delivery_info`
+/// (`None` when absent), its headers (none: empty) and its body, base64-decoded when
+/// `body_encoding` says so, taken as JSON text when it is a JSON value (as some writers
+/// embed it). An envelope whose content type is not JSON is refused: a broadcast body is
+/// JSON (Celery accepts only JSON on its control and event exchanges).
+pub(crate) fn decode_broadcast(raw: &[u8]) -> Result<DecodedBroadcast, String> {
+    let Value::Object(mut envelope) =
+        serde_json::from_slice::<Value>(raw).map_err(|error| format!("not JSON: {error}"))?
+    else {
+        return Err("not a JSON object".to_owned());
+    };
+    if let Some(content_type) = envelope.get("content-type").and_then(Value::as_str) {
+        if !content_type.contains("json") {
+            return Err(format!("content type {content_type:?} is not JSON"));
+        }
+    }
+    let properties = match envelope.remove("properties") {
+        Some(Value::Object(properties)) => properties,
+        None | Some(Value::Null) => Map::new(),
+        Some(_) => return Err("properties are not an object".to_owned()),
+    };
+    let routing_key = properties
+        .get("delivery_info")
+        .and_then(|info| info.get("routing_key"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let headers = match envelope.remove("headers") {
+        Some(Value::Object(headers)) => headers,
+        None | Some(Value::Null) => Map::new(),
+        Some(_) => return Err("headers are not an object".to_owned()),
+    };
+    let base64 = properties.get("body_encoding").and_then(Value::as_str) == Some("base64");
+    let body = match envelope.remove("body") {
+        Some(Value::String(text)) if base64 => STANDARD
+            .decode(text.as_bytes())
+            .map_err(|error| format!("body is not base64: {error}"))?,
+        Some(Value::String(text)) => text.into_bytes(),
+        None | Some(Value::Null) => return Err("no body".to_owned()),
+        Some(other) => serde_json::to_vec(&other).expect("JSON values always serialize"),
+    };
+    Ok(DecodedBroadcast {
+        routing_key,
+        headers,
+        body,
+    })
+}
+
+/// A decoded broadcast envelope (see [`decode_broadcast`]).
+pub(crate) struct DecodedBroadcast {
+    /// `properties.delivery_info.routing_key`, when present.
+    pub(crate) routing_key: Option<String>,
+    pub(crate) headers: Map<String, Value>,
+    pub(crate) body: Vec<u8>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +363,78 @@ mod tests {
         let (reason, content) = read_dead_letter(&dead_letter_entry(raw, "missing field `task`"));
         assert_eq!(reason, "missing field `task`");
         assert!(content.is_err());
+    }
+
+    #[test]
+    fn broadcast_envelopes_are_kombus() {
+        let message = BroadcastMessage::new("worker.heartbeat", br#"{"type": "x"}"#.to_vec())
+            .header("hostname", "celery@a");
+        let raw = encode_broadcast("celeryev", &message);
+        let value: Value = serde_json::from_slice(&raw).unwrap();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "body",
+                "content-encoding",
+                "content-type",
+                "headers",
+                "properties"
+            ]
+        );
+        assert_eq!(value["body"], STANDARD.encode(br#"{"type": "x"}"#));
+        assert_eq!(value["content-type"], "application/json");
+        assert_eq!(value["headers"], json!({"hostname": "celery@a"}));
+        let properties = &value["properties"];
+        assert_eq!(
+            properties["delivery_info"],
+            json!({"exchange": "celeryev", "routing_key": "worker.heartbeat"})
+        );
+        assert_eq!(
+            (&properties["priority"], &properties["body_encoding"]),
+            (&json!(0), &json!("base64"))
+        );
+        assert_eq!(properties["delivery_tag"].as_str().unwrap().len(), 36);
+        let decoded = decode_broadcast(&raw).unwrap();
+        assert_eq!(decoded.routing_key.as_deref(), Some("worker.heartbeat"));
+        assert_eq!(
+            (decoded.headers, decoded.body),
+            (message.headers, message.body)
+        );
+    }
+
+    #[test]
+    fn captured_pidbox_request_decodes_and_bad_ones_are_errors() {
+        // From celery-wire-samples.txt: `PUBLISH /2.celery.pidbox`, the body base64.
+        let raw = br#"{"body": "eyJtZXRob2QiOiAicGluZyJ9", "content-encoding": "utf-8", "content-type": "application/json", "headers": {"clock": 1, "expires": 1795534423.904896}, "properties": {"delivery_mode": 2, "delivery_info": {"exchange": "celery.pidbox", "routing_key": ""}, "priority": 0, "body_encoding": "base64", "delivery_tag": "1401b743-2b58-4262-9e9e-d554c9bed499"}}"#;
+        let decoded = decode_broadcast(raw).unwrap();
+        assert_eq!(decoded.routing_key.as_deref(), Some(""));
+        assert_eq!(decoded.headers["clock"], json!(1));
+        assert_eq!(decoded.body, br#"{"method": "ping"}"#);
+        // The spec's rendering, with the body as a JSON object, reads too.
+        let embedded = br#"{"body": {"method": "ping"}, "headers": null}"#;
+        assert_eq!(
+            decode_broadcast(embedded).unwrap().body,
+            br#"{"method":"ping"}"#
+        );
+        for bad in [
+            &b"not json"[..],
+            b"[1]",
+            br#"{"headers": {}}"#,
+            br#"{"body": "!!", "properties": {"body_encoding": "base64"}}"#,
+            br#"{"body": "x", "headers": [1]}"#,
+            br#"{"body": "x", "content-type": "application/x-python-serialize"}"#,
+        ] {
+            assert!(
+                decode_broadcast(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! The server comes from `QUEUE_TEST_REDIS_URL` (set by `cargo xtask test`). Without it every
 //! test prints a `skipped:` line and returns, except under CI (`CI=true` or `CI=1`), where
 //! that is a failure: the suites never run on a stand-in. Broker checks use database 8 and
-//! the backend database 9; every check names its queues and task ids with a unique prefix, so
+//! the backend database 9, broadcast checks database 7; every check names its queues and task ids with a unique prefix, so
 //! checks run concurrently on one server.
 //!
 //! The broker runs with one kombu list per priority (`priority_steps=0,...,9`): the suite
@@ -32,4 +32,9 @@ queue_core::backend_conformance_tests!(server = common::URL_VARIABLE, |url: Stri
             .await
             .expect("connect to Redis"),
     )
+});
+
+queue_core::broadcast_conformance_tests!(server = common::URL_VARIABLE, |url: String| async move {
+    let url = common::with_db(&url, 7, "");
+    Arc::new(RedisBroker::connect(&url).await.expect("connect to Redis"))
 });
