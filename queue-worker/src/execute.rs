@@ -20,6 +20,9 @@ use queue_core::{
 use serde_json::Value;
 use tracing::{Instrument, debug, error, info, warn};
 
+use queue_core::events::TaskEvent;
+
+use crate::events::exception_repr;
 use crate::hooks::Outcome;
 use crate::limits::{RunResult, guarded, panic_message, run_limited};
 use crate::runtime::{Runtime, Unpersisted};
@@ -101,6 +104,9 @@ impl Execution<'_> {
     async fn run(self) {
         let name = &self.message.headers.task;
         debug!(redelivered = self.delivery.redelivered, "task received");
+        self.runtime
+            .events
+            .task(|| TaskEvent::received(&self.message.headers));
         let Some(task) = self.runtime.app.registry().get(name).cloned() else {
             return self.unknown_task().await;
         };
@@ -123,6 +129,12 @@ impl Execution<'_> {
                 .store_outcome(TaskMeta::revoked(self.id(), "expired"))
                 .await;
             self.runtime.stats.revoked.increment();
+            self.runtime.events.task(|| TaskEvent::Revoked {
+                uuid: self.id().to_owned(),
+                terminated: false,
+                signum: None,
+                expired: true,
+            });
             return self.conclude(stored).await;
         }
         if let Some(eta) = self.message.headers.eta.filter(|eta| *eta > now) {
@@ -231,6 +243,9 @@ impl Execution<'_> {
             guarded(hooks.before_task(&context), "before_task").await;
         }
         self.runtime.stats.started.increment();
+        self.runtime.events.task(|| TaskEvent::Started {
+            uuid: self.id().to_owned(),
+        });
         let started_at = tokio::time::Instant::now();
         let result = run_limited(
             task.task.run(context.clone(), Arguments { args, kwargs }),
@@ -246,6 +261,7 @@ impl Execution<'_> {
             context: &context,
             embed: &embed,
             ignore_result,
+            ran_for: runtime,
         };
         match result {
             RunResult::Interrupted { still_running } => self.interrupted(still_running).await,
@@ -290,6 +306,11 @@ impl Execution<'_> {
     async fn succeed(&self, ending: &Ending<'_>, value: Value) {
         // Counted before the store, so that a client that sees the result sees it counted.
         self.runtime.stats.succeeded.increment();
+        self.runtime.events.task(|| TaskEvent::Succeeded {
+            uuid: self.id().to_owned(),
+            result: queue_core::protocol::repr::value_repr(&value),
+            runtime: ending.ran_for.as_secs_f64(),
+        });
         let persisted = async {
             if !ending.ignore_result {
                 self.runtime
@@ -320,6 +341,11 @@ impl Execution<'_> {
             _ => warn!(%error, "task failed"),
         }
         self.runtime.stats.failed.increment();
+        self.runtime.events.task(|| TaskEvent::Failed {
+            uuid: self.id().to_owned(),
+            exception: exception_repr(&error),
+            traceback: error.traceback_text().unwrap_or_default().to_owned(),
+        });
         let persisted = async {
             if !ending.ignore_result {
                 self.store_error(TaskState::Failure, &error).await?;
@@ -413,6 +439,11 @@ impl Execution<'_> {
         }
         info!(?delay, retry = retries.saturating_add(1), %error, "task will be retried");
         self.runtime.stats.retried.increment();
+        self.runtime.events.task(|| TaskEvent::Retried {
+            uuid: self.id().to_owned(),
+            exception: exception_repr(&error),
+            traceback: error.traceback_text().unwrap_or_default().to_owned(),
+        });
         for hooks in &self.runtime.hooks {
             guarded(hooks.on_retry(ending.context, &error, delay), "on_retry").await;
         }
@@ -507,6 +538,8 @@ struct Ending<'a> {
     context: &'a TaskContext,
     embed: &'a Embed,
     ignore_result: bool,
+    /// How long the task body ran.
+    ran_for: Duration,
 }
 
 /// Delays between the give-backs of a message of an unknown task: 1 s, doubling, up to 60 s.

@@ -8,6 +8,7 @@
 //!
 //! It knows brokers and backends only through the traits of `queue-core`.
 
+mod events;
 mod execute;
 mod hooks;
 mod limits;
@@ -30,6 +31,7 @@ pub use execute::UNKNOWN_TASK_REQUEUES_HEADER;
 pub use hooks::{Hooks, Outcome};
 pub use runtime::{Counter, WorkerStats};
 
+use events::{EventOptions, Events};
 use runtime::{Config, Runtime};
 
 /// Errors that stop a worker.
@@ -76,6 +78,7 @@ pub struct Worker {
     node_name: String,
     unknown_task_requeues: Option<u32>,
     persist_timeout: Duration,
+    events: EventOptions,
 }
 
 /// A worker running in the background, from [`Worker::spawn`].
@@ -134,6 +137,7 @@ impl Worker {
             node_name: format!("celery@{}", queue_core::app::hostname()),
             unknown_task_requeues: None,
             persist_timeout: Duration::from_secs(30),
+            events: EventOptions::default(),
             app,
         }
     }
@@ -240,6 +244,23 @@ impl Worker {
         self
     }
 
+    /// Sends Celery task events (`task-received`, `task-started`, `task-succeeded`, …) for
+    /// monitors such as Flower, like `celery worker -E` (default: off, or on when
+    /// `CELERY_WORKER_SEND_TASK_EVENTS` is `1`/`true`). Worker events (`worker-online`,
+    /// heartbeats, `worker-offline`) are always sent. Events never hold a task up: what a
+    /// slow broker cannot take is dropped and counted in [`WorkerStats::events_dropped`].
+    pub fn task_events(mut self, enabled: bool) -> Self {
+        self.events.task_events = enabled;
+        self
+    }
+
+    /// Seconds between `worker-heartbeat` events (default 2 s, as Celery); monitors deem
+    /// the worker offline after twice this without an event.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.events.heartbeat = interval;
+        self
+    }
+
     /// Runs until SIGTERM or SIGINT (warm shutdown); a second signal shuts down cold.
     pub async fn run(self) -> Result<(), WorkerError> {
         let warm = CancellationToken::new();
@@ -305,6 +326,16 @@ impl Worker {
                 info!("worker stopped before it could consume");
                 return Ok(());
             };
+            let (events, publisher) = Events::new(
+                self.app.broker().clone().broadcast(),
+                &self.node_name,
+                &self.events,
+                stats.clone(),
+            );
+            let closing = CancellationToken::new();
+            let publisher =
+                publisher.map(|publisher| tokio::spawn(publisher.run(closing.clone())));
+            let heartbeat = events::spawn_heartbeat(events.clone(), self.events.heartbeat);
             let runtime = Arc::new(Runtime {
                 app: self.app.clone(),
                 consumer,
@@ -319,12 +350,15 @@ impl Worker {
                 cold: cold.clone(),
                 in_flight: Default::default(),
                 abandoned: Default::default(),
+                events: events.clone(),
             });
             let background = self.spawn_background(&runtime);
             self.consume_loop(&runtime, &warm).await;
             for task in background {
                 task.abort();
             }
+            heartbeat.abort();
+            events::go_offline(&events, self.events.heartbeat, closing, publisher).await;
             let abandoned = runtime.abandoned.load(std::sync::atomic::Ordering::Acquire);
             if abandoned > 0 {
                 // Closing (or dropping) the consumer would give their messages back while

@@ -42,6 +42,8 @@ pub(crate) struct Runtime {
     /// Deliveries left unsettled because their code may still run (sync code at a cold
     /// shutdown): the consumer must not give them back while this process lives.
     pub(crate) abandoned: AtomicU64,
+    /// Celery events (worker and task).
+    pub(crate) events: Arc<crate::events::Events>,
 }
 
 impl Runtime {
@@ -219,8 +221,9 @@ fn persist_backoff() -> RetryPolicy {
 pub struct Counter(AtomicU64);
 
 impl Counter {
-    pub(crate) fn increment(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+    /// Adds one; returns the new count.
+    pub(crate) fn increment(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1)
     }
 
     /// The current count.
@@ -255,4 +258,7 @@ pub struct WorkerStats {
     /// Sync task bodies the worker stopped waiting for (hard time limit, cold shutdown) while
     /// they still ran on their threads.
     pub abandoned: Counter,
+    /// Events dropped because the event buffer was full (a slow or unreachable broker):
+    /// events never hold a task up.
+    pub events_dropped: Counter,
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, FixedOffset};
 use queue_core::broker::Publish;
+use queue_core::events::TaskEvent;
 use queue_core::{BrokerError, Delivery};
 use tracing::{debug, warn};
 
@@ -59,6 +60,12 @@ impl<'a> Settlement<'a> {
     pub(crate) async fn dead_letter(&self, reason: &str) {
         self.mark();
         self.runtime.dead_letter(self.delivery, reason).await;
+        if let Ok(message) = &self.delivery.content {
+            self.runtime.events.task(|| TaskEvent::Rejected {
+                uuid: message.headers.id.clone(),
+                requeue: false,
+            });
+        }
     }
 
     /// Hands the message back to the broker until `until`.
