@@ -5,7 +5,7 @@
 //! - the [`Broker`] and [`ResultBackend`] traits that broker and backend crates implement;
 //! - [`App`] (configuration, registry, routing, sending) and [`AsyncResult`];
 //! - [`events`]: Celery's worker and task events (protocol only), and [`broadcast`]: the
-//!   fanout side of a broker they travel on;
+//!   fanout side of a broker they travel on; [`control`]: remote control (pidbox);
 //! - [`MemoryBroker`] and [`MemoryBackend`];
 //! - `conformance` (feature `conformance`): the suites every broker and backend must pass.
 //!
@@ -19,6 +19,7 @@ pub mod broker;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod connect;
+pub mod control;
 pub mod error;
 pub mod events;
 pub mod memory;

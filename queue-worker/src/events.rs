@@ -101,6 +101,17 @@ impl Events {
         self.task_events.load(Ordering::Relaxed)
     }
 
+    /// Turns task events on or off (`enable_events`, `disable_events`); returns whether
+    /// they were on.
+    pub(crate) fn set_task_events(&self, enabled: bool) -> bool {
+        self.task_events.swap(enabled, Ordering::Relaxed)
+    }
+
+    /// The Lamport clock of events and control replies.
+    pub(crate) fn clock(&self) -> &Arc<queue_core::events::LamportClock> {
+        self.source.clock()
+    }
+
     /// Sends a task event, built only when task events are on.
     pub(crate) fn task(&self, event: impl FnOnce() -> TaskEvent) {
         if self.buffer.is_some() && self.task_events_enabled() {

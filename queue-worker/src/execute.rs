@@ -243,6 +243,9 @@ impl Execution<'_> {
             guarded(hooks.before_task(&context), "before_task").await;
         }
         self.runtime.stats.started.increment();
+        self.runtime
+            .held
+            .start(&self.delivery.tag, &self.message.headers.task);
         self.runtime.events.task(|| TaskEvent::Started {
             uuid: self.id().to_owned(),
         });

@@ -8,8 +8,10 @@
 //!
 //! It knows brokers and backends only through the traits of `queue-core`.
 
+mod control;
 mod events;
 mod execute;
+mod held;
 mod hooks;
 mod limits;
 mod rate_limit;
@@ -106,6 +108,12 @@ impl WorkerHandle {
     pub async fn shutdown_now(self) -> Result<(), WorkerError> {
         self.warm.cancel();
         self.cold.cancel();
+        self.join().await
+    }
+
+    /// Waits until the worker stops by itself (a remote `shutdown` command), without asking
+    /// it to.
+    pub async fn wait(self) -> Result<(), WorkerError> {
         self.join().await
     }
 
@@ -326,8 +334,9 @@ impl Worker {
                 info!("worker stopped before it could consume");
                 return Ok(());
             };
+            let broadcast = self.app.broker().clone().broadcast();
             let (events, publisher) = Events::new(
-                self.app.broker().clone().broadcast(),
+                broadcast.clone(),
                 &self.node_name,
                 &self.events,
                 stats.clone(),
@@ -348,11 +357,23 @@ impl Worker {
                     persist_timeout: self.persist_timeout,
                 },
                 cold: cold.clone(),
-                in_flight: Default::default(),
+                held: Default::default(),
                 abandoned: Default::default(),
                 events: events.clone(),
             });
-            let background = self.spawn_background(&runtime);
+            let mut background = self.spawn_background(&runtime);
+            if let Some(broadcast) = broadcast {
+                let context = control::ControlContext {
+                    runtime: runtime.clone(),
+                    queues: self.queues.clone(),
+                    concurrency: self.concurrency,
+                    prefetch: self.prefetch,
+                    heartbeat: self.events.heartbeat,
+                    started: std::time::Instant::now(),
+                    warm: warm.clone(),
+                };
+                background.push(control::spawn(broadcast, context));
+            }
             self.consume_loop(&runtime, &warm).await;
             for task in background {
                 task.abort();
@@ -474,7 +495,7 @@ impl Worker {
                         failures = 0;
                         for delivery in &deliveries {
                             runtime.stats.received.increment();
-                            runtime.track(&delivery.tag);
+                            runtime.track(delivery);
                         }
                         buffer.extend(deliveries);
                     }

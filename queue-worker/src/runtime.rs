@@ -1,9 +1,8 @@
 //! What every execution of a worker shares: the app, the consumer, hooks, limits, counters,
 //! and the broker/backend calls whose failures are logged rather than propagated.
 
-use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
@@ -37,8 +36,8 @@ pub(crate) struct Runtime {
     pub(crate) config: Config,
     /// Cold shutdown: running tasks are interrupted and their messages requeued.
     pub(crate) cold: CancellationToken,
-    /// Deliveries being handled, whose visibility the worker renews.
-    pub(crate) in_flight: Mutex<HashSet<DeliveryTag>>,
+    /// Deliveries being handled (reserved or running), whose visibility the worker renews.
+    pub(crate) held: crate::held::Held,
     /// Deliveries left unsettled because their code may still run (sync code at a cold
     /// shutdown): the consumer must not give them back while this process lives.
     pub(crate) abandoned: AtomicU64,
@@ -47,27 +46,16 @@ pub(crate) struct Runtime {
 }
 
 impl Runtime {
-    pub(crate) fn track(&self, tag: &DeliveryTag) {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(tag.clone());
+    pub(crate) fn track(&self, delivery: &Delivery) {
+        self.held.hold(delivery);
     }
 
     pub(crate) fn untrack(&self, tag: &DeliveryTag) {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(tag);
+        self.held.release(tag);
     }
 
     pub(crate) fn in_flight_tags(&self) -> Vec<DeliveryTag> {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.held.tags()
     }
 
     pub(crate) async fn ack(&self, delivery: &Delivery) {

@@ -175,6 +175,12 @@ impl App {
             .and_then(|value| value.downcast_ref::<T>())
     }
 
+    /// Remote control of the workers on this app's broker: `ping`, `inspect()`, `revoke`,
+    /// `rate_limit`, any command with `call` (see [`Control`](crate::control::Control)).
+    pub fn control(&self) -> crate::control::Control {
+        crate::control::Control::new(self.clone())
+    }
+
     /// A handle on the result of task `id`, typed.
     pub fn result<T: DeserializeOwned>(&self, id: impl Into<String>) -> AsyncResult<T> {
         AsyncResult::new(self.clone(), id.into())

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use clock::LamportClock;
+pub(crate) use kinds::unix_now;
 pub use kinds::{EventSource, SOFTWARE_IDENTITY, TaskEvent, WorkerEventKind, WorkerStatus};
 
 /// The exchange events are published on (`event_exchange`): topic on AMQP, fanout on Redis.

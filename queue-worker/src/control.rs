@@ -1,0 +1,387 @@
+//! The worker's side of remote control (wire spec §7): it listens on its node queue of the
+//! `celery.pidbox` fanout exchange and answers Python's `app.control`, `celery inspect`,
+//! Flower and our own `queue inspect` as a Celery worker does.
+//!
+//! A request that does not decode is logged and dropped; a command this worker does not
+//! have is answered `{"error": "KeyError('<name>')"}`, as Celery answers; neither is fatal.
+//! Answering never blocks a task: the listener is a task of its own.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use queue_core::broadcast::{Binding, Broadcast, BroadcastMessage, ExchangeKind};
+use queue_core::control::{
+    PIDBOX_EXCHANGE, REPLY_EXCHANGE, Request, error, node_queue, ok, reply_message,
+};
+use queue_core::events::{SOFTWARE_IDENTITY, WorkerEventKind};
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::runtime::Runtime;
+
+/// What the control commands report about the worker, fixed at its start.
+pub(crate) struct ControlContext {
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) queues: Vec<String>,
+    pub(crate) concurrency: usize,
+    pub(crate) prefetch: usize,
+    pub(crate) heartbeat: Duration,
+    pub(crate) started: Instant,
+    /// Cancelled by the `shutdown` command (a warm shutdown).
+    pub(crate) warm: CancellationToken,
+}
+
+/// Listens for control requests until aborted, re-subscribing with backoff when the
+/// subscription ends (a broker outage).
+pub(crate) fn spawn(
+    broadcast: Arc<dyn Broadcast>,
+    context: ControlContext,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let node = context.runtime.config.node_name.clone();
+        let mut attempt = 0u32;
+        loop {
+            let binding = Binding {
+                exchange: PIDBOX_EXCHANGE.to_owned(),
+                kind: ExchangeKind::Fanout,
+                routing_key: String::new(),
+                queue: node_queue(&node),
+            };
+            match broadcast.subscribe(binding).await {
+                Ok(mut requests) => {
+                    attempt = 0;
+                    debug!(node, "listening for control requests");
+                    while let Some(message) = requests.next().await {
+                        context.handle(&*broadcast, message).await;
+                    }
+                    warn!(node, "the control subscription ended; subscribing again");
+                }
+                Err(error) => warn!(node, %error, "cannot listen for control requests"),
+            }
+            let delay = Duration::from_millis(100u64 << attempt.min(5)).min(Duration::from_secs(2));
+            attempt = attempt.saturating_add(1);
+            tokio::time::sleep(delay).await;
+        }
+    })
+}
+
+impl ControlContext {
+    fn node(&self) -> &str {
+        &self.runtime.config.node_name
+    }
+
+    async fn handle(&self, broadcast: &dyn Broadcast, message: BroadcastMessage) {
+        let clock = self.runtime.events.clock();
+        if let Some(theirs) = message.headers.get("clock").and_then(Value::as_u64) {
+            clock.adjust(theirs);
+        }
+        let request = match Request::decode(&message.body) {
+            Ok(request) => request,
+            Err(decode_error) => {
+                warn!(%decode_error, "control request that does not decode: dropped");
+                return;
+            }
+        };
+        if !request.is_for(self.node()) {
+            return;
+        }
+        debug!(method = %request.method, "control request");
+        let Some(reply) = self.answer(&request) else {
+            return;
+        };
+        let Some(message) = reply_message(self.node(), &request, reply, clock.forward()) else {
+            return;
+        };
+        if let Err(send_error) = broadcast
+            .send(REPLY_EXCHANGE, ExchangeKind::Direct, message)
+            .await
+        {
+            warn!(%send_error, method = %request.method, "control reply not sent");
+        }
+    }
+
+    /// The reply to `request`; `None` for commands that do not reply (`shutdown`).
+    fn answer(&self, request: &Request) -> Option<Value> {
+        let arguments = &request.arguments;
+        let runtime = &self.runtime;
+        Some(match request.method.as_str() {
+            "ping" => ok("pong"),
+            "clock" => json!({"clock": runtime.events.clock().value()}),
+            "hello" => {
+                let from = arguments.get("from_node").and_then(Value::as_str);
+                if from == Some(self.node()) {
+                    Value::Null
+                } else {
+                    json!({"revoked": {}, "clock": runtime.events.clock().forward()})
+                }
+            }
+            "stats" => self.stats(),
+            "registered" => self.registered(arguments),
+            "active_queues" => {
+                Value::Array(self.queues.iter().map(|queue| queue_info(queue)).collect())
+            }
+            "active" => self.held(true),
+            "reserved" => self.held(false),
+            // The broker holds tasks waiting for their eta (they are not in this worker).
+            "scheduled" => json!([]),
+            "revoked" => json!([]),
+            "query_task" => self.query_task(arguments),
+            "conf" => self.conf(),
+            "report" => ok(format!(
+                "software -> {SOFTWARE_IDENTITY}:{} ({})",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::OS
+            )),
+            "enable_events" => ok(if runtime.events.set_task_events(true) {
+                "task events already enabled"
+            } else {
+                "task events enabled"
+            }),
+            "disable_events" => ok(if runtime.events.set_task_events(false) {
+                "task events disabled"
+            } else {
+                "task events already disabled"
+            }),
+            "heartbeat" => {
+                runtime
+                    .events
+                    .worker(WorkerEventKind::Heartbeat, self.heartbeat);
+                Value::Null
+            }
+            "shutdown" => {
+                info!("shutdown requested by remote control: warm shutdown");
+                self.warm.cancel();
+                return None;
+            }
+            other => error(format!("KeyError({})", python_str(other))),
+        })
+    }
+
+    fn stats(&self) -> Value {
+        let runtime = &self.runtime;
+        let broker = runtime
+            .app
+            .broker_url()
+            .map(|url| broker_info(url.expose()))
+            .unwrap_or_else(|| json!({"transport": "memory"}));
+        json!({
+            "total": runtime.held.totals(),
+            "pid": std::process::id(),
+            "clock": runtime.events.clock().value().to_string(),
+            "uptime": self.started.elapsed().as_secs(),
+            "pool": {
+                "implementation": "queue_worker:tokio",
+                "max-concurrency": self.concurrency,
+                "processes": [std::process::id()],
+                "max-tasks-per-child": null,
+                "put-guarded-by-semaphore": false,
+                "timeouts": [0, 0],
+            },
+            "broker": broker,
+            "prefetch_count": self.concurrency.saturating_add(self.prefetch),
+            "rusage": rusage(),
+        })
+    }
+
+    fn registered(&self, arguments: &Map<String, Value>) -> Value {
+        let items: Vec<&str> = arguments
+            .get("taskinfoitems")
+            .and_then(Value::as_array)
+            .map(|items| items.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let registry = self.runtime.app.registry();
+        let names: Vec<String> = registry
+            .names()
+            .into_iter()
+            .map(|name| {
+                let options = registry.get(name).map(|task| task.options.clone());
+                let extra: Vec<String> = items
+                    .iter()
+                    .filter_map(|item| {
+                        let options = options.as_ref()?;
+                        match *item {
+                            "rate_limit" => options.rate_limit.map(|limit| {
+                                let unit = match limit.period.as_secs() {
+                                    60 => "m",
+                                    3600 => "h",
+                                    _ => "s",
+                                };
+                                format!("rate_limit={}/{unit}", limit.count)
+                            }),
+                            "time_limit" => options
+                                .time_limit
+                                .map(|limit| format!("time_limit={}", limit.as_secs_f64())),
+                            _ => None,
+                        }
+                    })
+                    .collect();
+                if extra.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{name} [{}]", extra.join(" "))
+                }
+            })
+            .collect();
+        json!(names)
+    }
+
+    fn held(&self, active: bool) -> Value {
+        let node = self.node();
+        Value::Array(
+            self.runtime
+                .held
+                .tasks(active)
+                .iter()
+                .map(|task| task.info(node))
+                .collect(),
+        )
+    }
+
+    fn query_task(&self, arguments: &Map<String, Value>) -> Value {
+        let ids: Vec<&str> = match arguments.get("ids") {
+            Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_str).collect(),
+            Some(Value::String(id)) => vec![id.as_str()],
+            _ => Vec::new(),
+        };
+        let node = self.node();
+        let mut found = Map::new();
+        for (active, state) in [(true, "active"), (false, "reserved")] {
+            for task in self.runtime.held.tasks(active) {
+                if ids.contains(&task.id.as_str()) {
+                    found.insert(task.id.clone(), json!([state, task.info(node)]));
+                }
+            }
+        }
+        Value::Object(found)
+    }
+
+    fn conf(&self) -> Value {
+        let broker = self
+            .runtime
+            .app
+            .broker_url()
+            .map(|url| url.to_string())
+            .unwrap_or_else(|| "memory://".to_owned());
+        json!({
+            "broker_url": broker,
+            "worker_concurrency": self.concurrency,
+            "worker_prefetch_multiplier": 1,
+            "task_default_queue": self.runtime.app.router().default_queue(),
+            "worker_send_task_events": self.runtime.events.task_events_enabled(),
+            "include": [],
+        })
+    }
+}
+
+/// kombu's `Queue.as_dict(recurse=True)` for a queue on the default direct exchange.
+fn queue_info(queue: &str) -> Value {
+    json!({
+        "name": queue,
+        "exchange": {
+            "name": queue,
+            "type": "direct",
+            "arguments": null,
+            "durable": true,
+            "passive": false,
+            "auto_delete": false,
+            "delivery_mode": null,
+            "no_declare": false,
+        },
+        "routing_key": queue,
+        "queue_arguments": null,
+        "binding_arguments": null,
+        "consumer_arguments": null,
+        "durable": true,
+        "exclusive": false,
+        "auto_delete": false,
+        "no_ack": false,
+        "alias": null,
+        "bindings": [],
+        "no_declare": null,
+        "expires": null,
+        "message_ttl": null,
+        "max_length": null,
+        "max_length_bytes": null,
+        "max_priority": null,
+    })
+}
+
+/// The broker as Celery's `stats` reports it, never with the password.
+fn broker_info(url: &url::Url) -> Value {
+    let virtual_host = match url.scheme() {
+        "amqp" | "amqps" => {
+            let path = url.path().trim_start_matches('/');
+            if path.is_empty() {
+                "/".to_owned()
+            } else {
+                percent_decode(path)
+            }
+        }
+        _ => url.path().trim_start_matches('/').to_owned(),
+    };
+    json!({
+        "hostname": url.host_str().unwrap_or_default(),
+        "userid": (!url.username().is_empty()).then(|| url.username().to_owned()),
+        "virtual_host": virtual_host,
+        "port": url.port_or_known_default(),
+        "insist": false,
+        "ssl": matches!(url.scheme(), "amqps" | "rediss"),
+        "transport": match url.scheme() {
+            "amqp" | "amqps" => "amqp",
+            "rediss" => "rediss",
+            other => other,
+        },
+        "connect_timeout": 4,
+        "transport_options": {},
+        "login_method": null,
+        "uri_prefix": null,
+        "heartbeat": 120.0,
+        "failover_strategy": "round-robin",
+        "alternates": [],
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("v={text}").as_bytes())
+        .next()
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_else(|| text.to_owned())
+}
+
+/// Python's `repr` of a string: `'name'`.
+fn python_str(text: &str) -> String {
+    queue_core::protocol::repr::value_repr(&Value::from(text))
+}
+
+/// `resource.getrusage(RUSAGE_SELF)` as Celery reports it, `"N/A"` where unavailable.
+fn rusage() -> Value {
+    #[cfg(unix)]
+    {
+        // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; RUSAGE_SELF is always a valid `who`.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+            let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+            return json!({
+                "utime": seconds(usage.ru_utime),
+                "stime": seconds(usage.ru_stime),
+                "maxrss": usage.ru_maxrss,
+                "ixrss": usage.ru_ixrss,
+                "idrss": usage.ru_idrss,
+                "isrss": usage.ru_isrss,
+                "minflt": usage.ru_minflt,
+                "majflt": usage.ru_majflt,
+                "nswap": usage.ru_nswap,
+                "inblock": usage.ru_inblock,
+                "oublock": usage.ru_oublock,
+                "msgsnd": usage.ru_msgsnd,
+                "msgrcv": usage.ru_msgrcv,
+                "nsignals": usage.ru_nsignals,
+                "nvcsw": usage.ru_nvcsw,
+                "nivcsw": usage.ru_nivcsw,
+            });
+        }
+    }
+    json!("N/A")
+}
