@@ -217,3 +217,130 @@ async fn events_toggle_unknown_commands_error_and_shutdown_stops_the_worker() {
         .expect("the worker stops on a shutdown command")
         .unwrap();
 }
+
+#[task(name = "control.forever")]
+async fn forever() {
+    futures::future::pending::<()>().await;
+}
+
+#[task(name = "control.counted")]
+fn counted() {
+    COUNTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+static COUNTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+async fn revoke_app() -> (App, queue::broadcast::Subscription) {
+    init_logs();
+    let broker = Arc::new(MemoryBroker::new());
+    let broadcast = (broker.clone() as Arc<dyn queue::Broker>)
+        .broadcast()
+        .unwrap();
+    let events = broadcast
+        .subscribe(queue::broadcast::Binding {
+            exchange: queue::events::EVENT_EXCHANGE.into(),
+            kind: queue::broadcast::ExchangeKind::Topic,
+            routing_key: "task.#".into(),
+            queue: "celeryev.revoke-test".into(),
+        })
+        .await
+        .unwrap();
+    let app = App::builder()
+        .broker_instance(broker)
+        .backend("memory://")
+        .task(forever)
+        .task(counted)
+        .build()
+        .await
+        .unwrap();
+    (app, events)
+}
+
+/// Waits for the `task-revoked` event of `id`; returns it.
+async fn revoked_event(
+    events: &mut queue::broadcast::Subscription,
+    id: &str,
+) -> queue::events::Event {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let message = events.next().await.expect("events flow");
+            for event in queue::events::Event::decode(&message.body).unwrap() {
+                let event = event.unwrap();
+                if event.kind == "task-revoked" && event.uuid() == Some(id) {
+                    return event;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a task-revoked event")
+}
+
+#[tokio::test]
+async fn a_revoked_delayed_task_never_runs_and_is_revoked() {
+    let (app, mut events) = revoke_app().await;
+    let worker = Worker::new(app.clone())
+        .node_name(NODE)
+        .task_events(true)
+        .spawn();
+    until_listening(&app).await;
+    let delayed = queue::Signature::new("control.counted")
+        .countdown(Duration::from_millis(500))
+        .send(&app)
+        .await
+        .unwrap();
+    app.control().revoke(delayed.id(), false).await.unwrap();
+    // Requests are handled in order: this reply means the revoke was taken.
+    let listed = control(&app).inspect().revoked().await.unwrap();
+    assert_eq!(listed.get(NODE), Some(&json!([delayed.id()])));
+    // Stored at once (it has not run), and discarded when it arrives.
+    assert!(delayed.get(WAIT).await.is_err(), "a revoked task has no value");
+    assert_eq!(delayed.state().await.unwrap(), queue::TaskState::Revoked);
+    let event = revoked_event(&mut events, delayed.id()).await;
+    assert_eq!(event.field("terminated"), Some(&json!(false)));
+    assert_eq!(COUNTED.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(worker.stats().revoked.get(), 1);
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn revoke_with_terminate_stops_a_running_async_task() {
+    let (app, mut events) = revoke_app().await;
+    let worker = Worker::new(app.clone())
+        .node_name(NODE)
+        .task_events(true)
+        .spawn();
+    until_listening(&app).await;
+    let running = forever::new().send(&app).await.unwrap();
+    // Started: `active` lists it.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let active = control(&app).inspect().active(true).await.unwrap();
+            if active
+                .get(NODE)
+                .and_then(|tasks| tasks.as_array())
+                .is_some_and(|tasks| !tasks.is_empty())
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the task starts");
+    let mut arguments = Map::new();
+    arguments.insert("task_id".into(), json!(running.id()));
+    arguments.insert("terminate".into(), json!(true));
+    let reply = control(&app).call("revoke", arguments).await.unwrap();
+    assert_eq!(
+        reply.get(NODE),
+        Some(&json!({"ok": format!("terminate: {}", running.id())}))
+    );
+    let event = revoked_event(&mut events, running.id()).await;
+    assert_eq!(event.field("terminated"), Some(&json!(true)));
+    assert_eq!(event.field("signum"), Some(&json!(15)));
+    assert_eq!(running.state().await.unwrap(), queue::TaskState::Revoked);
+    // The slot is free again and nothing is left running.
+    let active = control(&app).inspect().active(true).await.unwrap();
+    assert_eq!(active.get(NODE), Some(&json!([])));
+    worker.shutdown().await.unwrap();
+}

@@ -14,6 +14,7 @@ use queue_core::control::{
     PIDBOX_EXCHANGE, REPLY_EXCHANGE, Request, error, node_queue, ok, reply_message,
 };
 use queue_core::events::{SOFTWARE_IDENTITY, WorkerEventKind};
+use queue_core::{TaskMeta, TaskState};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -125,7 +126,8 @@ impl ControlContext {
             "reserved" => self.held(false),
             // The broker holds tasks waiting for their eta (they are not in this worker).
             "scheduled" => json!([]),
-            "revoked" => json!([]),
+            "revoked" => json!(runtime.revoked.ids()),
+            "revoke" => self.revoke(arguments),
             "query_task" => self.query_task(arguments),
             "conf" => self.conf(),
             "report" => ok(format!(
@@ -156,6 +158,66 @@ impl ControlContext {
             }
             other => error(format!("KeyError({})", python_str(other))),
         })
+    }
+
+    /// `revoke`: the ids are discarded when they arrive; with `terminate`, stopped if they
+    /// run here. As Celery 5.7, REVOKED is stored at once for ids whose stored state says
+    /// they have not run yet (none, RECEIVED, RETRY, REJECTED), so that a client waiting on a
+    /// delayed task learns it.
+    fn revoke(&self, arguments: &Map<String, Value>) -> Value {
+        let ids: Vec<String> = match arguments.get("task_id") {
+            Some(Value::String(id)) => vec![id.clone()],
+            Some(Value::Array(ids)) => ids
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            _ => return error("revoke needs a task_id"),
+        };
+        let terminate = arguments
+            .get("terminate")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        for id in &ids {
+            self.runtime.revoked.insert(id);
+        }
+        info!(ids = ?ids, terminate, "tasks revoked");
+        if let Some(backend) = self.runtime.app.backend().cloned() {
+            let pending = ids.clone();
+            tokio::spawn(async move {
+                for id in pending {
+                    let not_run = match backend.get(&id).await {
+                        Ok(None) => true,
+                        Ok(Some(meta)) => matches!(
+                            meta.status,
+                            TaskState::Received | TaskState::Retry | TaskState::Rejected
+                        ),
+                        Err(_) => false,
+                    };
+                    if not_run {
+                        if let Err(store_error) =
+                            backend.store(TaskMeta::revoked(&id, "revoked")).await
+                        {
+                            warn!(%store_error, id, "could not store REVOKED");
+                        }
+                    }
+                }
+            });
+        }
+        let joined = ids.join(", ");
+        if !terminate {
+            return ok(format!("tasks {joined} flagged as revoked"));
+        }
+        let terminated: Vec<&str> = ids
+            .iter()
+            .filter(|id| self.runtime.held.terminate(id))
+            .map(String::as_str)
+            .collect();
+        if terminated.is_empty() {
+            ok("terminate: tasks unknown")
+        } else {
+            ok(format!("terminate: {}", terminated.join(", ")))
+        }
     }
 
     fn stats(&self) -> Value {

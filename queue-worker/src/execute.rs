@@ -18,6 +18,7 @@ use queue_core::{
     TaskState,
 };
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, warn};
 
 use queue_core::events::TaskEvent;
@@ -107,6 +108,10 @@ impl Execution<'_> {
         self.runtime
             .events
             .task(|| TaskEvent::received(&self.message.headers));
+        if self.runtime.revoked.contains(self.id()) {
+            info!("task revoked: discarded");
+            return self.revoked(false, "revoked").await;
+        }
         let Some(task) = self.runtime.app.registry().get(name).cloned() else {
             return self.unknown_task().await;
         };
@@ -243,9 +248,12 @@ impl Execution<'_> {
             guarded(hooks.before_task(&context), "before_task").await;
         }
         self.runtime.stats.started.increment();
-        self.runtime
-            .held
-            .start(&self.delivery.tag, &self.message.headers.task);
+        let terminate = CancellationToken::new();
+        self.runtime.held.start(
+            &self.delivery.tag,
+            &self.message.headers.task,
+            terminate.clone(),
+        );
         self.runtime.events.task(|| TaskEvent::Started {
             uuid: self.id().to_owned(),
         });
@@ -257,6 +265,7 @@ impl Execution<'_> {
             soft_limit,
             hard_limit,
             &self.runtime.cold,
+            &terminate,
         )
         .await;
         let runtime = started_at.elapsed();
@@ -268,6 +277,13 @@ impl Execution<'_> {
         };
         match result {
             RunResult::Interrupted { still_running } => self.interrupted(still_running).await,
+            RunResult::Terminated { still_running } => {
+                if still_running {
+                    self.runtime.stats.abandoned.increment();
+                }
+                // Acked even if sync code still runs: revoked, it must not run elsewhere.
+                self.revoked(true, "terminated").await
+            }
             RunResult::TimedOut {
                 limit,
                 still_running,
@@ -288,6 +304,23 @@ impl Execution<'_> {
             }
             RunResult::Done(Err(error)) => self.fail(&ending, error, None).await,
         }
+    }
+
+    /// A revoked task: REVOKED stored, `task-revoked` sent, the message acked (when its
+    /// store succeeded, as every outcome).
+    async fn revoked(&self, terminated: bool, reason: &str) {
+        let stored = self
+            .runtime
+            .store_outcome(TaskMeta::revoked(self.id(), reason))
+            .await;
+        self.runtime.stats.revoked.increment();
+        self.runtime.events.task(|| TaskEvent::Revoked {
+            uuid: self.id().to_owned(),
+            terminated,
+            signum: terminated.then_some(15),
+            expired: false,
+        });
+        self.conclude(stored).await
     }
 
     /// Cold shutdown: the message goes back unless its code may still run.

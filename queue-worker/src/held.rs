@@ -6,6 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use queue_core::{Delivery, DeliveryTag};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 /// One held delivery, as inspect reports it.
 #[derive(Clone, Debug)]
@@ -19,6 +20,8 @@ pub(crate) struct HeldTask {
     pub(crate) redelivered: bool,
     /// When it started (seconds since the epoch), `None` while reserved.
     pub(crate) started_at: Option<f64>,
+    /// Stops it (revoke with `terminate`), once started.
+    pub(crate) terminate: Option<CancellationToken>,
 }
 
 impl HeldTask {
@@ -71,6 +74,7 @@ impl Held {
                 priority: message.priority(),
                 redelivered: delivery.redelivered,
                 started_at: None,
+                terminate: None,
             },
             Err(_) => HeldTask {
                 id: String::new(),
@@ -81,16 +85,18 @@ impl Held {
                 priority: 0,
                 redelivered: delivery.redelivered,
                 started_at: None,
+                terminate: None,
             },
         };
         lock(&self.by_tag).insert(delivery.tag.clone(), task);
     }
 
-    /// The delivery's task started now.
-    pub(crate) fn start(&self, tag: &DeliveryTag, name: &str) {
+    /// The delivery's task started now; `terminate` stops it.
+    pub(crate) fn start(&self, tag: &DeliveryTag, name: &str, terminate: CancellationToken) {
         if let Some(task) = lock(&self.by_tag).get_mut(tag) {
             task.started_at =
                 Some(queue_core::protocol::time::now().timestamp_micros() as f64 / 1e6);
+            task.terminate = Some(terminate);
         }
         *lock(&self.totals).entry(name.to_owned()).or_default() += 1;
     }
@@ -98,6 +104,20 @@ impl Held {
     /// The delivery is settled (or given back).
     pub(crate) fn release(&self, tag: &DeliveryTag) {
         lock(&self.by_tag).remove(tag);
+    }
+
+    /// Stops the running tasks with id `id`; returns whether one ran.
+    pub(crate) fn terminate(&self, id: &str) -> bool {
+        let mut found = false;
+        for task in lock(&self.by_tag).values() {
+            if task.id == id {
+                if let Some(terminate) = &task.terminate {
+                    terminate.cancel();
+                    found = true;
+                }
+            }
+        }
+        found
     }
 
     pub(crate) fn tags(&self) -> Vec<DeliveryTag> {

@@ -15,6 +15,7 @@ mod held;
 mod hooks;
 mod limits;
 mod rate_limit;
+mod revoke;
 mod runtime;
 mod settle;
 
@@ -358,6 +359,7 @@ impl Worker {
                 },
                 cold: cold.clone(),
                 held: Default::default(),
+                revoked: Default::default(),
                 abandoned: Default::default(),
                 events: events.clone(),
             });

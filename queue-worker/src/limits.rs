@@ -25,6 +25,8 @@ pub(crate) enum RunResult {
     },
     /// Cold shutdown.
     Interrupted { still_running: bool },
+    /// Revoked with `terminate` while it ran.
+    Terminated { still_running: bool },
 }
 
 /// Runs the task future on its own tokio task (a panic fails that task only), fires the
@@ -37,6 +39,7 @@ pub(crate) async fn run_limited(
     soft_limit: Option<Duration>,
     hard_limit: Option<Duration>,
     cold: &CancellationToken,
+    terminate: &CancellationToken,
 ) -> RunResult {
     let mut join = tokio::spawn(future);
     let soft_timer = soft_limit.map(|limit| {
@@ -56,6 +59,7 @@ pub(crate) async fn run_limited(
     enum Stop {
         Limit,
         Cold,
+        Terminate,
     }
     let stop = tokio::select! {
         joined = &mut join => {
@@ -69,6 +73,7 @@ pub(crate) async fn run_limited(
         }
         () = hard_deadline => Stop::Limit,
         () = cold.cancelled() => Stop::Cold,
+        () = terminate.cancelled() => Stop::Terminate,
     };
     if let Some(timer) = soft_timer {
         timer.abort();
@@ -94,6 +99,16 @@ pub(crate) async fn run_limited(
             }
         }
         Stop::Cold => RunResult::Interrupted { still_running },
+        Stop::Terminate => {
+            if still_running {
+                warn!(
+                    "revoked with terminate: the task's sync code cannot be stopped and runs on to its end on its thread; its result is discarded"
+                );
+            } else {
+                warn!("revoked with terminate: task stopped");
+            }
+            RunResult::Terminated { still_running }
+        }
     }
 }
 

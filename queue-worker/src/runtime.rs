@@ -38,6 +38,8 @@ pub(crate) struct Runtime {
     pub(crate) cold: CancellationToken,
     /// Deliveries being handled (reserved or running), whose visibility the worker renews.
     pub(crate) held: crate::held::Held,
+    /// Revoked task ids: discarded when they arrive.
+    pub(crate) revoked: crate::revoke::Revoked,
     /// Deliveries left unsettled because their code may still run (sync code at a cold
     /// shutdown): the consumer must not give them back while this process lives.
     pub(crate) abandoned: AtomicU64,
