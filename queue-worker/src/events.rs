@@ -134,7 +134,9 @@ impl Events {
                 .started
                 .get()
                 .saturating_sub(stats.succeeded.get() + stats.failed.get() + stats.retried.get()),
-            processed: stats.received.get(),
+            // As Celery (`all_total_count`): runs started, a retry's again; not the
+            // messages that expired, were revoked or named an unknown task.
+            processed: stats.started.get(),
             loadavg: load_average(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         }
@@ -269,4 +271,26 @@ fn load_average() -> [f64; 3] {
         .split_whitespace()
         .map(|field| field.parse::<f64>().unwrap_or(0.0));
     [(); 3].map(|()| fields.next().unwrap_or(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processed_counts_started_runs_not_received_messages() {
+        let stats = Arc::new(WorkerStats::default());
+        let (events, _) = Events::new(None, "celery@test", &EventOptions::default(), stats.clone());
+        // Three messages: one ran and was retried, its retry ran and succeeded, one expired.
+        for _ in 0..3 {
+            stats.received.increment();
+        }
+        stats.started.increment();
+        stats.retried.increment();
+        stats.started.increment();
+        stats.succeeded.increment();
+        stats.revoked.increment();
+        let status = events.status(Duration::from_secs(2));
+        assert_eq!((status.processed, status.active), (2, 0));
+    }
 }

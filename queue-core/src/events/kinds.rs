@@ -324,7 +324,14 @@ pub(crate) fn unix_now() -> f64 {
 
 /// Hours west of UTC, as Celery sends `utcoffset` (`time.timezone / 3600`): New York 5.0.
 fn utcoffset() -> f64 {
-    -f64::from(Local::now().offset().local_minus_utc()) / 3600.0
+    hours_west(Local::now().offset().local_minus_utc())
+}
+
+/// Hours west of UTC for a zone `local_minus_utc` seconds east of it. UTC is `0.0`, as
+/// Python's `time.timezone / 3600` gives, not the `-0.0` negating zero makes.
+fn hours_west(local_minus_utc: i32) -> f64 {
+    let hours = -f64::from(local_minus_utc) / 3600.0;
+    if hours == 0.0 { 0.0 } else { hours }
 }
 
 /// `platform.system()`: `Linux`, `Darwin`, `Windows`.
@@ -335,5 +342,19 @@ fn system_name() -> &'static str {
         "windows" => "Windows",
         "freebsd" => "FreeBSD",
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hours_west;
+
+    #[test]
+    fn utcoffset_is_hours_west_and_utc_is_positive_zero() {
+        assert_eq!(hours_west(-5 * 3600), 5.0);
+        assert_eq!(hours_west(5 * 3600 + 1800), -5.5);
+        let utc = hours_west(0);
+        assert!(utc == 0.0 && utc.is_sign_positive());
+        assert_eq!(serde_json::to_string(&utc).unwrap(), "0.0");
     }
 }
