@@ -247,11 +247,7 @@ impl ControlContext {
     }
 
     fn registered(&self, arguments: &Map<String, Value>) -> Value {
-        let items: Vec<&str> = arguments
-            .get("taskinfoitems")
-            .and_then(Value::as_array)
-            .map(|items| items.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+        let items = task_info_items(arguments);
         let registry = self.runtime.app.registry();
         let names: Vec<String> = registry
             .names()
@@ -336,6 +332,25 @@ impl ControlContext {
     }
 }
 
+/// The task attributes `registered` shows: those asked for in `taskinfoitems`, except
+/// private ones, or Celery's defaults (`exchange`, `routing_key`, `rate_limit`) when the list
+/// is empty, as Python's `inspect().registered()` and `celery inspect registered` send it.
+/// Without `taskinfoitems` at all (our own client) the names are plain.
+fn task_info_items(arguments: &Map<String, Value>) -> Vec<&str> {
+    const DEFAULT_TASK_INFO_ITEMS: [&str; 3] = ["exchange", "routing_key", "rate_limit"];
+    let Some(Value::Array(items)) = arguments.get("taskinfoitems") else {
+        return Vec::new();
+    };
+    if items.is_empty() {
+        return DEFAULT_TASK_INFO_ITEMS.to_vec();
+    }
+    items
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|item| !item.starts_with('_'))
+        .collect()
+}
+
 /// kombu's `Queue.as_dict(recurse=True)` for a queue on the default direct exchange.
 fn queue_info(queue: &str) -> Value {
     json!({
@@ -396,11 +411,14 @@ fn broker_info(url: &url::Url) -> Value {
         },
         "connect_timeout": 4,
         "transport_options": {},
-        "login_method": null,
+        // What kombu reports for py-amqp, and what the AMQP client uses.
+        "login_method": matches!(url.scheme(), "amqp" | "amqps").then_some("PLAIN"),
         "uri_prefix": null,
         "heartbeat": 120.0,
         "failover_strategy": "round-robin",
         "alternates": [],
+        // kombu 5.7's `Connection.info()` has it (a callable giving credentials): never set.
+        "credential_provider": null,
     })
 }
 
@@ -446,4 +464,76 @@ fn rusage() -> Value {
         }
     }
     json!("N/A")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arguments(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn registered_uses_celerys_default_items_for_an_empty_list() {
+        assert_eq!(
+            task_info_items(&arguments(json!({"taskinfoitems": []}))),
+            ["exchange", "routing_key", "rate_limit"]
+        );
+        assert_eq!(
+            task_info_items(&arguments(
+                json!({"taskinfoitems": ["time_limit", "_private"]})
+            )),
+            ["time_limit"]
+        );
+        assert!(task_info_items(&Map::new()).is_empty());
+    }
+
+    #[test]
+    fn broker_info_has_kombus_keys_and_no_password() {
+        let url = url::Url::parse("amqp://user:secret@rabbit:5673/%2fprod").unwrap();
+        let info = broker_info(&url);
+        let mut keys: Vec<&str> = info
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        // kombu 5.7's `Connection.info()` without `password`.
+        assert_eq!(
+            keys,
+            [
+                "alternates",
+                "connect_timeout",
+                "credential_provider",
+                "failover_strategy",
+                "heartbeat",
+                "hostname",
+                "insist",
+                "login_method",
+                "port",
+                "ssl",
+                "transport",
+                "transport_options",
+                "uri_prefix",
+                "userid",
+                "virtual_host",
+            ]
+        );
+        assert!(!info.to_string().contains("secret"));
+        assert_eq!(info["virtual_host"], json!("/prod"));
+        assert_eq!(info["userid"], json!("user"));
+        assert_eq!(info["login_method"], json!("PLAIN"));
+        let redis = broker_info(&url::Url::parse("redis://:secret@cache:6379/2").unwrap());
+        assert!(!redis.to_string().contains("secret"));
+        assert_eq!(
+            (
+                &redis["virtual_host"],
+                &redis["login_method"],
+                &redis["userid"]
+            ),
+            (&json!("2"), &Value::Null, &Value::Null)
+        );
+    }
 }

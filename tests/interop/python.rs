@@ -38,6 +38,18 @@ impl PythonWorker {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let serial = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("py-{}-{serial}@%h", std::process::id());
+        Self::start_named(python, broker, backend, queues, &name)
+    }
+
+    /// Starts a worker with node name `name` (`-n`, which must be unique on the broker) on
+    /// `queues` and waits until it says it is ready.
+    pub fn start_named(
+        python: &PathBuf,
+        broker: &str,
+        backend: &str,
+        queues: &[&str],
+        name: &str,
+    ) -> Self {
         let mut child = Command::new(python)
             .args([
                 "-m",
@@ -52,7 +64,7 @@ impl PythonWorker {
             .args(["-Q", &queues.join(",")])
             .args([
                 "-n",
-                &name,
+                name,
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
@@ -85,6 +97,11 @@ impl PythonWorker {
             );
         }
         Self { child, log }
+    }
+
+    /// The worker's process id (what its `stats` reply reports as `pid`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Lines the worker logged that contain `needle`.
