@@ -294,7 +294,10 @@ async fn a_revoked_delayed_task_never_runs_and_is_revoked() {
     let listed = control(&app).inspect().revoked().await.unwrap();
     assert_eq!(listed.get(NODE), Some(&json!([delayed.id()])));
     // Stored at once (it has not run), and discarded when it arrives.
-    assert!(delayed.get(WAIT).await.is_err(), "a revoked task has no value");
+    assert!(
+        delayed.get(WAIT).await.is_err(),
+        "a revoked task has no value"
+    );
     assert_eq!(delayed.state().await.unwrap(), queue::TaskState::Revoked);
     let event = revoked_event(&mut events, delayed.id()).await;
     assert_eq!(event.field("terminated"), Some(&json!(false)));

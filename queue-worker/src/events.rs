@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::held::Held;
 use crate::runtime::WorkerStats;
 
 /// How many events wait for the publisher before new ones are dropped.
@@ -60,6 +61,7 @@ pub(crate) struct Events {
     task_events: AtomicBool,
     buffer: Option<mpsc::Sender<Event>>,
     stats: Arc<WorkerStats>,
+    held: Arc<Held>,
 }
 
 impl Events {
@@ -70,6 +72,7 @@ impl Events {
         node_name: &str,
         options: &EventOptions,
         stats: Arc<WorkerStats>,
+        held: Arc<Held>,
     ) -> (Arc<Self>, Option<Publisher>) {
         let (buffer, publisher) = match broadcast {
             Some(broadcast) => {
@@ -92,6 +95,7 @@ impl Events {
             task_events: AtomicBool::new(options.task_events),
             buffer,
             stats,
+            held,
         });
         (events, publisher)
     }
@@ -130,10 +134,8 @@ impl Events {
         let stats = &self.stats;
         WorkerStatus {
             freq: freq.as_secs_f64(),
-            active: stats
-                .started
-                .get()
-                .saturating_sub(stats.succeeded.get() + stats.failed.get() + stats.retried.get()),
+            // The tasks running now, whatever ended the others (terminated, interrupted).
+            active: self.held.active_count(),
             // As Celery (`all_total_count`): runs started, a retry's again; not the
             // messages that expired, were revoked or named an unknown task.
             processed: stats.started.get(),
@@ -280,7 +282,13 @@ mod tests {
     #[test]
     fn processed_counts_started_runs_not_received_messages() {
         let stats = Arc::new(WorkerStats::default());
-        let (events, _) = Events::new(None, "celery@test", &EventOptions::default(), stats.clone());
+        let (events, _) = Events::new(
+            None,
+            "celery@test",
+            &EventOptions::default(),
+            stats.clone(),
+            Arc::default(),
+        );
         // Three messages: one ran and was retried, its retry ran and succeeded, one expired.
         for _ in 0..3 {
             stats.received.increment();

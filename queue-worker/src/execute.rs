@@ -450,6 +450,13 @@ impl Execution<'_> {
             meta.traceback = error.traceback_text().map(str::to_owned);
             self.runtime.store_once(meta).await;
         }
+        // Before the retry goes out: its own events (received, started, …) must come after
+        // this one, or a monitor would leave the task in RETRY.
+        self.runtime.events.task(|| TaskEvent::Retried {
+            uuid: self.id().to_owned(),
+            exception: exception_repr(&error),
+            traceback: error.traceback_text().unwrap_or_default().to_owned(),
+        });
         let span = queue_core::app::publish_span(&replacement);
         let sent = async {
             let sent = if self.acks_late {
@@ -475,11 +482,6 @@ impl Execution<'_> {
         }
         info!(?delay, retry = retries.saturating_add(1), %error, "task will be retried");
         self.runtime.stats.retried.increment();
-        self.runtime.events.task(|| TaskEvent::Retried {
-            uuid: self.id().to_owned(),
-            exception: exception_repr(&error),
-            traceback: error.traceback_text().unwrap_or_default().to_owned(),
-        });
         for hooks in &self.runtime.hooks {
             guarded(hooks.on_retry(ending.context, &error, delay), "on_retry").await;
         }

@@ -120,6 +120,15 @@ impl Held {
         found
     }
 
+    /// How many tasks run now.
+    pub(crate) fn active_count(&self) -> u64 {
+        let running = lock(&self.by_tag)
+            .values()
+            .filter(|task| task.started_at.is_some())
+            .count();
+        u64::try_from(running).unwrap_or(u64::MAX)
+    }
+
     pub(crate) fn tags(&self) -> Vec<DeliveryTag> {
         lock(&self.by_tag).keys().cloned().collect()
     }

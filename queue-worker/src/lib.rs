@@ -336,11 +336,13 @@ impl Worker {
                 return Ok(());
             };
             let broadcast = self.app.broker().clone().broadcast();
+            let held = Arc::new(held::Held::default());
             let (events, publisher) = Events::new(
                 broadcast.clone(),
                 &self.node_name,
                 &self.events,
                 stats.clone(),
+                held.clone(),
             );
             let closing = CancellationToken::new();
             let publisher =
@@ -358,7 +360,7 @@ impl Worker {
                     persist_timeout: self.persist_timeout,
                 },
                 cold: cold.clone(),
-                held: Default::default(),
+                held,
                 revoked: Default::default(),
                 abandoned: Default::default(),
                 events: events.clone(),

@@ -37,7 +37,7 @@ pub(crate) struct Runtime {
     /// Cold shutdown: running tasks are interrupted and their messages requeued.
     pub(crate) cold: CancellationToken,
     /// Deliveries being handled (reserved or running), whose visibility the worker renews.
-    pub(crate) held: crate::held::Held,
+    pub(crate) held: Arc<crate::held::Held>,
     /// Revoked task ids: discarded when they arrive.
     pub(crate) revoked: crate::revoke::Revoked,
     /// Deliveries left unsettled because their code may still run (sync code at a cold
