@@ -30,7 +30,9 @@ pub use queue_core::{
     RetryPolicy, Signature, Task, TaskBody, TaskContext, TaskError, TaskErrorKind, TaskMeta,
     TaskOptions, TaskState, TypedSignature,
 };
-pub use queue_core::{backend, broadcast, broker, connect, control, events, protocol, routing};
+pub use queue_core::{
+    app, backend, broadcast, broker, connect, control, events, protocol, routing,
+};
 
 #[cfg(feature = "macros")]
 pub use queue_macros::task;
