@@ -347,3 +347,68 @@ async fn revoke_with_terminate_stops_a_running_async_task() {
     assert_eq!(active.get(NODE), Some(&json!([])));
     worker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn rate_and_time_limits_change_by_remote_control() {
+    let app = app().await;
+    let worker = Worker::new(app.clone()).node_name(NODE).spawn();
+    until_listening(&app).await;
+    let reply = control(&app)
+        .rate_limit("control.add", "5/h")
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.get(NODE),
+        Some(&json!({"ok": "new rate limit set successfully"}))
+    );
+    let mut items = Map::new();
+    items.insert("taskinfoitems".into(), json!(["rate_limit"]));
+    let registered = control(&app).call("registered", items).await.unwrap();
+    assert_eq!(
+        registered.get(NODE),
+        Some(&json!([
+            "control.add [rate_limit=5/h]",
+            "control.hold [rate_limit=10/m]"
+        ]))
+    );
+    let unknown = control(&app)
+        .rate_limit("no.such.task", "1/s")
+        .await
+        .unwrap();
+    assert_eq!(unknown.get(NODE), Some(&json!({"error": "unknown task"})));
+    let bad = control(&app)
+        .rate_limit("control.add", "fast")
+        .await
+        .unwrap();
+    assert!(bad.get(NODE).unwrap()["error"].is_string(), "{bad:?}");
+    let off = control(&app).rate_limit("control.add", "0").await.unwrap();
+    assert_eq!(
+        off.get(NODE),
+        Some(&json!({"ok": "rate limit disabled successfully"}))
+    );
+
+    // A hard limit set remotely stops a task that declares none.
+    let mut limits = Map::new();
+    limits.insert("task_name".into(), json!("control.forever"));
+    limits.insert("hard".into(), json!(0.2));
+    limits.insert("soft".into(), json!(null));
+    let reply = control(&app)
+        .call("time_limit", limits.clone())
+        .await
+        .unwrap();
+    assert_eq!(reply.get(NODE), Some(&json!({"error": "unknown task"})));
+    worker.shutdown().await.unwrap();
+
+    let (app, _events) = revoke_app().await;
+    let worker = Worker::new(app.clone()).node_name(NODE).spawn();
+    until_listening(&app).await;
+    let reply = control(&app).call("time_limit", limits).await.unwrap();
+    assert_eq!(
+        reply.get(NODE),
+        Some(&json!({"ok": "time limits set successfully"}))
+    );
+    let stopped = forever::new().send(&app).await.unwrap();
+    let error = stopped.get(WAIT).await.unwrap_err();
+    assert!(error.to_string().contains("TimeLimitExceeded"), "{error}");
+    worker.shutdown().await.unwrap();
+}

@@ -14,7 +14,7 @@ use queue_core::control::{
     PIDBOX_EXCHANGE, REPLY_EXCHANGE, Request, error, node_queue, ok, reply_message,
 };
 use queue_core::events::{SOFTWARE_IDENTITY, WorkerEventKind};
-use queue_core::{TaskMeta, TaskState};
+use queue_core::{RateLimit, TaskMeta, TaskState};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -128,6 +128,8 @@ impl ControlContext {
             "scheduled" => json!([]),
             "revoked" => json!(runtime.revoked.ids()),
             "revoke" => self.revoke(arguments),
+            "rate_limit" => self.rate_limit(arguments),
+            "time_limit" => self.time_limit(arguments),
             "query_task" => self.query_task(arguments),
             "conf" => self.conf(),
             "report" => ok(format!(
@@ -220,6 +222,76 @@ impl ControlContext {
         }
     }
 
+    /// `rate_limit {task_name, rate_limit}`: `"10/m"`, a number per second, or 0/null to
+    /// turn the limit off, as Celery's command takes it.
+    fn rate_limit(&self, arguments: &Map<String, Value>) -> Value {
+        let Some(task) = self.known_task(arguments) else {
+            return error("unknown task");
+        };
+        let limit = match arguments.get("rate_limit") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(number)) if number.as_f64() == Some(0.0) => None,
+            Some(Value::Number(number)) => {
+                match number.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                    Some(count) => Some(RateLimit {
+                        count,
+                        period: Duration::from_secs(1),
+                    }),
+                    None => return error(format!("Invalid rate limit string: {number}")),
+                }
+            }
+            Some(Value::String(text)) if text.trim() == "0" || text.trim().is_empty() => None,
+            Some(Value::String(text)) => match text.parse::<RateLimit>() {
+                Ok(limit) => Some(limit),
+                Err(reason) => return error(format!("Invalid rate limit string: {reason}")),
+            },
+            Some(other) => return error(format!("Invalid rate limit string: {other}")),
+        };
+        let runtime = &self.runtime;
+        runtime.overrides.set_rate_limit(&task, limit);
+        runtime.rate_limits.reset(&task);
+        info!(task, ?limit, "rate limit changed by remote control");
+        ok(if limit.is_some() {
+            "new rate limit set successfully"
+        } else {
+            "rate limit disabled successfully"
+        })
+    }
+
+    /// `time_limit {task_name, soft, hard}` (seconds, null for none).
+    fn time_limit(&self, arguments: &Map<String, Value>) -> Value {
+        let Some(task) = self.known_task(arguments) else {
+            return error("unknown task");
+        };
+        let seconds = |name: &str| -> Result<Option<Duration>, Value> {
+            match arguments.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(value) => value
+                    .as_f64()
+                    .and_then(queue_core::protocol::time::seconds_duration)
+                    .map(Some)
+                    .ok_or_else(|| error(format!("invalid {name} time limit: {value}"))),
+            }
+        };
+        let (soft, hard) = match (seconds("soft"), seconds("hard")) {
+            (Ok(soft), Ok(hard)) => (soft, hard),
+            (Err(reply), _) | (_, Err(reply)) => return reply,
+        };
+        self.runtime.overrides.set_time_limits(&task, soft, hard);
+        info!(task, ?soft, ?hard, "time limits changed by remote control");
+        ok("time limits set successfully")
+    }
+
+    /// The `task_name` argument, when this worker has that task.
+    fn known_task(&self, arguments: &Map<String, Value>) -> Option<String> {
+        let name = arguments.get("task_name").and_then(Value::as_str)?;
+        self.runtime
+            .app
+            .registry()
+            .get(name)
+            .map(|_| name.to_owned())
+    }
+
     fn stats(&self) -> Value {
         let runtime = &self.runtime;
         let broker = runtime
@@ -259,14 +331,18 @@ impl ControlContext {
                     .filter_map(|item| {
                         let options = options.as_ref()?;
                         match *item {
-                            "rate_limit" => options.rate_limit.map(|limit| {
-                                let unit = match limit.period.as_secs() {
-                                    60 => "m",
-                                    3600 => "h",
-                                    _ => "s",
-                                };
-                                format!("rate_limit={}/{unit}", limit.count)
-                            }),
+                            "rate_limit" => self
+                                .runtime
+                                .overrides
+                                .rate_limit(name, options.rate_limit)
+                                .map(|limit| {
+                                    let unit = match limit.period.as_secs() {
+                                        60 => "m",
+                                        3600 => "h",
+                                        _ => "s",
+                                    };
+                                    format!("rate_limit={}/{unit}", limit.count)
+                                }),
                             "time_limit" => options
                                 .time_limit
                                 .map(|limit| format!("time_limit={}", limit.as_secs_f64())),

@@ -149,7 +149,11 @@ impl Execution<'_> {
             }
             tokio::time::sleep(wait).await;
         }
-        if let Some(limit) = task.options.rate_limit {
+        if let Some(limit) = self
+            .runtime
+            .overrides
+            .rate_limit(name, task.options.rate_limit)
+        {
             while let Some(wait) = self.runtime.rate_limits.check(name, limit) {
                 if wait > RATE_LIMIT_HOLD {
                     debug!(?wait, "rate limited: deferring");
@@ -223,8 +227,13 @@ impl Execution<'_> {
             self.acks_late = false;
         }
         let headers = &self.message.headers;
-        let hard_limit = headers.timelimit.hard().or(options.time_limit);
-        let soft_limit = headers.timelimit.soft().or(options.soft_time_limit);
+        // The message's own limits first (as Celery), then remote control's, then the task's.
+        let (soft_declared, hard_declared) = self
+            .runtime
+            .overrides
+            .time_limits(&headers.task, (options.soft_time_limit, options.time_limit));
+        let hard_limit = headers.timelimit.hard().or(hard_declared);
+        let soft_limit = headers.timelimit.soft().or(soft_declared);
         let cancellation = self.runtime.cold.child_token();
         let context = TaskContext::new(
             self.runtime.app.clone(),

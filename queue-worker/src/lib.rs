@@ -14,6 +14,7 @@ mod execute;
 mod held;
 mod hooks;
 mod limits;
+mod overrides;
 mod rate_limit;
 mod revoke;
 mod runtime;
@@ -353,6 +354,7 @@ impl Worker {
                 consumer,
                 hooks: self.hooks.clone(),
                 rate_limits: Default::default(),
+                overrides: Default::default(),
                 stats,
                 config: Config {
                     node_name: self.node_name.clone(),

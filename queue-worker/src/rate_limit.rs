@@ -33,6 +33,14 @@ impl RateLimits {
             Err(not_until) => Some(not_until.wait_time_from(DefaultClock::default().now())),
         }
     }
+
+    /// Forgets `task`'s limiter: its next start takes the limit it has then.
+    pub(crate) fn reset(&self, task: &str) {
+        self.limiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(task);
+    }
 }
 
 fn quota(limit: RateLimit) -> Quota {

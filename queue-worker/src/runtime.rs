@@ -32,6 +32,8 @@ pub(crate) struct Runtime {
     pub(crate) consumer: Arc<dyn Consumer>,
     pub(crate) hooks: Vec<Arc<dyn Hooks>>,
     pub(crate) rate_limits: RateLimits,
+    /// Rate and time limits changed by remote control.
+    pub(crate) overrides: crate::overrides::Overrides,
     pub(crate) stats: Arc<WorkerStats>,
     pub(crate) config: Config,
     /// Cold shutdown: running tasks are interrupted and their messages requeued.
