@@ -53,11 +53,15 @@ fn control(app: &App) -> queue::control::Control {
 
 /// The worker subscribes to control requests as it starts: pings until it answers.
 async fn until_listening(app: &App) -> queue::control::Replies {
+    until_node_listens(app, NODE).await
+}
+
+async fn until_node_listens(app: &App, node: &str) -> queue::control::Replies {
     tokio::time::timeout(WAIT, async {
         loop {
             let replies = app
                 .control()
-                .destination([NODE])
+                .destination([node])
                 .timeout(Duration::from_millis(200))
                 .ping()
                 .await
@@ -411,4 +415,58 @@ async fn rate_and_time_limits_change_by_remote_control() {
     let error = stopped.get(WAIT).await.unwrap_err();
     assert!(error.to_string().contains("TimeLimitExceeded"), "{error}");
     worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn revoked_ids_reach_a_starting_worker_and_survive_a_restart() {
+    let app = app().await;
+    let first = Worker::new(app.clone()).node_name(NODE).spawn();
+    until_listening(&app).await;
+    app.control().revoke("revoked-before", false).await.unwrap();
+    let listed = control(&app).inspect().revoked().await.unwrap();
+    assert_eq!(listed.get(NODE), Some(&json!(["revoked-before"])));
+
+    // A worker that starts now asks the others (hello, Celery's mingle) and takes their ids.
+    let other = "celery@control-test-other";
+    let dir = std::env::temp_dir().join(format!("state-{}-{}", std::process::id(), line!()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("worker.state");
+    let second = Worker::new(app.clone())
+        .node_name(other)
+        .state_file(&state)
+        .spawn();
+    until_node_listens(&app, other).await;
+    let listed = app
+        .control()
+        .destination([other])
+        .timeout(WAIT)
+        .inspect()
+        .revoked()
+        .await
+        .unwrap();
+    assert_eq!(listed.get(other), Some(&json!(["revoked-before"])));
+    first.shutdown().await.unwrap();
+    app.control().revoke("revoked-later", false).await.unwrap();
+    second.shutdown().await.unwrap();
+
+    // Alone now, restarted on its state file: both ids are still revoked.
+    let restarted = Worker::new(app.clone())
+        .node_name(other)
+        .state_file(&state)
+        .spawn();
+    until_node_listens(&app, other).await;
+    let listed = app
+        .control()
+        .destination([other])
+        .timeout(WAIT)
+        .inspect()
+        .revoked()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.get(other),
+        Some(&json!(["revoked-before", "revoked-later"]))
+    );
+    restarted.shutdown().await.unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
 }

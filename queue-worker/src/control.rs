@@ -41,6 +41,7 @@ pub(crate) fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let node = context.runtime.config.node_name.clone();
+        mingle(&context.runtime).await;
         let mut attempt = 0u32;
         loop {
             let binding = Binding {
@@ -65,6 +66,63 @@ pub(crate) fn spawn(
             tokio::time::sleep(delay).await;
         }
     })
+}
+
+/// Celery's mingle at start: `hello` to the other workers, Python ones included, with our
+/// revoked ids; theirs are merged in. It runs beside the first fetches rather than before
+/// them, so that a start is not a second slower when no one answers (a task revoked only
+/// on another worker and arriving in that first second would still run).
+async fn mingle(runtime: &Runtime) {
+    let node = runtime.config.node_name.clone();
+    let mut arguments = Map::new();
+    arguments.insert("from_node".into(), Value::from(node.as_str()));
+    arguments.insert("revoked".into(), json!(runtime.revoked.ids()));
+    let replies = match runtime
+        .app
+        .control()
+        .timeout(Duration::from_secs(1))
+        .call("hello", arguments)
+        .await
+    {
+        Ok(replies) => replies,
+        Err(mingle_error) => {
+            debug!(%mingle_error, "mingle: no hello sent");
+            return;
+        }
+    };
+    let mut neighbours = 0;
+    for (other, reply) in replies.0 {
+        if other == node || !reply.is_object() {
+            continue;
+        }
+        neighbours += 1;
+        if let Some(clock) = reply.get("clock").and_then(Value::as_u64) {
+            runtime.events.clock().adjust(clock);
+        }
+        runtime.revoked.merge(revoked_ids(reply.get("revoked")));
+    }
+    if neighbours > 0 {
+        info!(
+            neighbours,
+            revoked = runtime.revoked.ids().len(),
+            "mingle: synced with other workers"
+        );
+    } else {
+        debug!("mingle: all alone");
+    }
+}
+
+/// Revoked ids as workers exchange them: a list (5.7), or a mapping id → stamp (older).
+fn revoked_ids(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::Array(ids)) => ids
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::Object(ids)) => ids.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
 }
 
 impl ControlContext {
@@ -114,7 +172,9 @@ impl ControlContext {
                 if from == Some(self.node()) {
                     Value::Null
                 } else {
-                    json!({"revoked": {}, "clock": runtime.events.clock().forward()})
+                    // Celery 5.7's mingle: their ids in, ours out (ids only, oldest first).
+                    runtime.revoked.merge(revoked_ids(arguments.get("revoked")));
+                    json!({"revoked": runtime.revoked.ids(), "clock": runtime.events.clock().forward()})
                 }
             }
             "stats" => self.stats(),
@@ -183,6 +243,7 @@ impl ControlContext {
         for id in &ids {
             self.runtime.revoked.insert(id);
         }
+        self.runtime.revoked.save();
         info!(ids = ?ids, terminate, "tasks revoked");
         if let Some(backend) = self.runtime.app.backend().cloned() {
             let pending = ids.clone();

@@ -83,6 +83,7 @@ pub struct Worker {
     unknown_task_requeues: Option<u32>,
     persist_timeout: Duration,
     events: EventOptions,
+    state_file: Option<std::path::PathBuf>,
 }
 
 /// A worker running in the background, from [`Worker::spawn`].
@@ -148,6 +149,7 @@ impl Worker {
             unknown_task_requeues: None,
             persist_timeout: Duration::from_secs(30),
             events: EventOptions::default(),
+            state_file: None,
             app,
         }
     }
@@ -271,6 +273,13 @@ impl Worker {
         self
     }
 
+    /// Keeps the worker's revoked task ids in `path` across restarts, as Celery's
+    /// `--statedb` does: read at start, written on each revoke and at shutdown.
+    pub fn state_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.state_file = Some(path.into());
+        self
+    }
+
     /// Runs until SIGTERM or SIGINT (warm shutdown); a second signal shuts down cold.
     pub async fn run(self) -> Result<(), WorkerError> {
         let warm = CancellationToken::new();
@@ -363,7 +372,10 @@ impl Worker {
                 },
                 cold: cold.clone(),
                 held,
-                revoked: Default::default(),
+                revoked: match &self.state_file {
+                    Some(path) => revoke::Revoked::default().with_file(path.clone()),
+                    None => revoke::Revoked::default(),
+                },
                 abandoned: Default::default(),
                 events: events.clone(),
             });
@@ -385,6 +397,7 @@ impl Worker {
                 task.abort();
             }
             heartbeat.abort();
+            runtime.revoked.save();
             events::go_offline(&events, self.events.heartbeat, closing, publisher).await;
             let abandoned = runtime.abandoned.load(std::sync::atomic::Ordering::Acquire);
             if abandoned > 0 {
