@@ -470,3 +470,47 @@ async fn revoked_ids_reach_a_starting_worker_and_survive_a_restart() {
     restarted.shutdown().await.unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn pool_grow_shrink_and_autoscale_change_the_concurrency() {
+    let app = app().await;
+    let worker = Worker::new(app.clone())
+        .node_name(NODE)
+        .concurrency(3)
+        .spawn();
+    until_listening(&app).await;
+    let concurrency = || async {
+        let stats = control(&app).inspect().stats().await.unwrap();
+        stats.get(NODE).unwrap()["pool"]["max-concurrency"].clone()
+    };
+    let mut n = Map::new();
+    n.insert("n".into(), json!(2));
+    let grown = control(&app).call("pool_grow", n.clone()).await.unwrap();
+    assert_eq!(grown.get(NODE), Some(&json!({"ok": "pool will grow"})));
+    assert_eq!(concurrency().await, json!(5));
+    n.insert("n".into(), json!("10"));
+    let shrunk = control(&app).call("pool_shrink", n).await.unwrap();
+    assert_eq!(shrunk.get(NODE), Some(&json!({"ok": "pool will shrink"})));
+    assert_eq!(concurrency().await, json!(1), "one slot always stays");
+    let mut bounds = Map::new();
+    bounds.insert("max".into(), json!(4));
+    bounds.insert("min".into(), json!(2));
+    let scaled = control(&app).call("autoscale", bounds).await.unwrap();
+    assert_eq!(
+        scaled.get(NODE),
+        Some(&json!({"ok": "autoscale now max=4 min=2"}))
+    );
+    assert_eq!(concurrency().await, json!(4));
+    // Tasks still run at the new size.
+    assert_eq!(
+        add::new(2, 2)
+            .send(&app)
+            .await
+            .unwrap()
+            .get(WAIT)
+            .await
+            .unwrap(),
+        4
+    );
+    worker.shutdown().await.unwrap();
+}

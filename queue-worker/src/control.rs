@@ -25,7 +25,6 @@ use crate::runtime::Runtime;
 pub(crate) struct ControlContext {
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) queues: Vec<String>,
-    pub(crate) concurrency: usize,
     pub(crate) prefetch: usize,
     pub(crate) heartbeat: Duration,
     pub(crate) started: Instant,
@@ -112,6 +111,15 @@ async fn mingle(runtime: &Runtime) {
     }
 }
 
+/// A count argument: a non-negative integer, or a string of one (Celery's CLI sends text).
+fn count(arguments: &Map<String, Value>, name: &str) -> Option<usize> {
+    match arguments.get(name)? {
+        Value::Number(number) => number.as_u64().and_then(|n| usize::try_from(n).ok()),
+        Value::String(text) => text.trim().parse().ok(),
+        _ => None,
+    }
+}
+
 /// Revoked ids as workers exchange them: a list (5.7), or a mapping id → stamp (older).
 fn revoked_ids(value: Option<&Value>) -> Vec<String> {
     match value {
@@ -189,6 +197,23 @@ impl ControlContext {
             "revoked" => json!(runtime.revoked.ids()),
             "revoke" => self.revoke(arguments),
             "rate_limit" => self.rate_limit(arguments),
+            "pool_grow" => {
+                runtime.slots.grow(count(arguments, "n").unwrap_or(1));
+                ok("pool will grow")
+            }
+            "pool_shrink" => {
+                runtime.slots.shrink(count(arguments, "n").unwrap_or(1));
+                ok("pool will shrink")
+            }
+            // No autoscaler: the pool takes `max` slots (what an autoscaler at full load
+            // would give) and keeps them.
+            "autoscale" => match (count(arguments, "max"), count(arguments, "min")) {
+                (Some(max), min) => {
+                    runtime.slots.resize(max);
+                    ok(format!("autoscale now max={max} min={}", min.unwrap_or(0)))
+                }
+                (None, _) => error("autoscale needs max"),
+            },
             "time_limit" => self.time_limit(arguments),
             "query_task" => self.query_task(arguments),
             "conf" => self.conf(),
@@ -367,14 +392,14 @@ impl ControlContext {
             "uptime": self.started.elapsed().as_secs(),
             "pool": {
                 "implementation": "queue_worker:tokio",
-                "max-concurrency": self.concurrency,
+                "max-concurrency": self.runtime.slots.size(),
                 "processes": [std::process::id()],
                 "max-tasks-per-child": null,
                 "put-guarded-by-semaphore": false,
                 "timeouts": [0, 0],
             },
             "broker": broker,
-            "prefetch_count": self.concurrency.saturating_add(self.prefetch),
+            "prefetch_count": self.runtime.slots.size().saturating_add(self.prefetch),
             "rusage": rusage(),
         })
     }
@@ -460,7 +485,7 @@ impl ControlContext {
             .unwrap_or_else(|| "memory://".to_owned());
         json!({
             "broker_url": broker,
-            "worker_concurrency": self.concurrency,
+            "worker_concurrency": self.runtime.slots.size(),
             "worker_prefetch_multiplier": 1,
             "task_default_queue": self.runtime.app.router().default_queue(),
             "worker_send_task_events": self.runtime.events.task_events_enabled(),

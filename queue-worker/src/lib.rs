@@ -15,6 +15,7 @@ mod held;
 mod hooks;
 mod limits;
 mod overrides;
+mod pool;
 mod rate_limit;
 mod revoke;
 mod runtime;
@@ -26,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use queue_core::{App, ConsumeOptions, Consumer, Delivery, QueueOrder, RetryPolicy};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, warn};
@@ -364,6 +364,7 @@ impl Worker {
                 hooks: self.hooks.clone(),
                 rate_limits: Default::default(),
                 overrides: Default::default(),
+                slots: pool::Slots::new(self.concurrency),
                 stats,
                 config: Config {
                     node_name: self.node_name.clone(),
@@ -384,7 +385,6 @@ impl Worker {
                 let context = control::ControlContext {
                     runtime: runtime.clone(),
                     queues: self.queues.clone(),
-                    concurrency: self.concurrency,
                     prefetch: self.prefetch,
                     heartbeat: self.events.heartbeat,
                     started: std::time::Instant::now(),
@@ -489,7 +489,7 @@ impl Worker {
     /// Fetches only for free slots (plus `prefetch`), starts each delivery in a slot, and on
     /// shutdown gives back what was fetched but not started, then waits for running tasks.
     async fn consume_loop(&self, runtime: &Arc<Runtime>, warm: &CancellationToken) {
-        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let slots = runtime.slots.semaphore().clone();
         let mut buffer: VecDeque<Delivery> = VecDeque::new();
         let mut running = JoinSet::new();
         let backoff = reconnect_backoff();

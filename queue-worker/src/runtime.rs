@@ -34,6 +34,8 @@ pub(crate) struct Runtime {
     pub(crate) rate_limits: RateLimits,
     /// Rate and time limits changed by remote control.
     pub(crate) overrides: crate::overrides::Overrides,
+    /// How many tasks run at once (resized by remote control).
+    pub(crate) slots: crate::pool::Slots,
     pub(crate) stats: Arc<WorkerStats>,
     pub(crate) config: Config,
     /// Cold shutdown: running tasks are interrupted and their messages requeued.
