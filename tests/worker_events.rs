@@ -193,3 +193,63 @@ async fn without_task_events_only_worker_events_are_sent() {
     worker.shutdown().await.unwrap();
     until(&mut events, "worker-offline", None).await;
 }
+
+#[tokio::test]
+async fn producers_send_task_sent_when_asked() {
+    init_logs();
+    let broker = Arc::new(MemoryBroker::new());
+    let mut events = (broker.clone() as Arc<dyn Broker>)
+        .broadcast()
+        .unwrap()
+        .subscribe(Binding {
+            exchange: EVENT_EXCHANGE.to_owned(),
+            kind: ExchangeKind::Topic,
+            routing_key: "task.#".to_owned(),
+            queue: "celeryev.sent-test".to_owned(),
+        })
+        .await
+        .unwrap();
+    let app = App::builder()
+        .broker_instance(broker)
+        .send_sent_events(true)
+        .task(add)
+        .build()
+        .await
+        .unwrap();
+    let sent = add::new(2, 2).send(&app).await.unwrap();
+    let seen = until(&mut events, "task-sent", Some(sent.id())).await;
+    let event = seen.last().unwrap();
+    assert!(event.hostname.starts_with("gen"), "{event:?}");
+    assert_eq!(event.field("name"), Some(&json!("events.add")));
+    assert_eq!(event.field("queue"), Some(&json!("celery")));
+    assert_eq!(event.field("routing_key"), Some(&json!("celery")));
+    assert_eq!(event.field("args"), Some(&json!("(2, 2)")));
+
+    // Off by default: nothing but the task itself.
+    let quiet = App::builder().task(add).build().await.unwrap();
+    let quiet_broadcast = quiet.broker().clone().broadcast().unwrap();
+    let mut nothing = quiet_broadcast
+        .subscribe(Binding {
+            exchange: EVENT_EXCHANGE.to_owned(),
+            kind: ExchangeKind::Topic,
+            routing_key: "#".to_owned(),
+            queue: "celeryev.quiet".to_owned(),
+        })
+        .await
+        .unwrap();
+    add::new(1, 1).send(&quiet).await.unwrap();
+    // The marker sent after the task: any task-sent event would have come before it.
+    quiet_broadcast
+        .send(
+            EVENT_EXCHANGE,
+            ExchangeKind::Topic,
+            queue::broadcast::BroadcastMessage::new("test.marker", b"{}".to_vec()),
+        )
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(WAIT, nothing.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.routing_key, "test.marker");
+}

@@ -19,6 +19,7 @@ use crate::signature::Signature;
 use crate::task::{Registry, Task};
 
 mod prepare;
+mod sent_events;
 
 pub use prepare::MAX_MESSAGE_TTL_MS;
 
@@ -64,6 +65,8 @@ struct AppInner {
     state: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     origin: String,
     reply_to: String,
+    /// Where `task-sent` events come from, when they are sent.
+    sent_events: Option<crate::events::EventSource>,
 }
 
 impl fmt::Debug for App {
@@ -93,6 +96,7 @@ pub struct AppBuilder {
     state: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     connectors: Vec<Arc<dyn Connector>>,
     errors: Vec<Error>,
+    send_sent_events: bool,
 }
 
 impl App {
@@ -107,6 +111,7 @@ impl App {
             state: HashMap::new(),
             connectors: Vec::new(),
             errors: Vec::new(),
+            send_sent_events: false,
         }
     }
 
@@ -181,6 +186,11 @@ impl App {
         crate::control::Control::new(self.clone())
     }
 
+    fn sent_events(&self, publishes: &[Publish]) -> Option<Vec<crate::events::Event>> {
+        let source = self.inner.sent_events.as_ref()?;
+        Some(sent_events::events_of(source, publishes))
+    }
+
     /// A handle on the result of task `id`, typed.
     pub fn result<T: DeserializeOwned>(&self, id: impl Into<String>) -> AsyncResult<T> {
         AsyncResult::new(self.clone(), id.into())
@@ -191,6 +201,7 @@ impl App {
         let publish = self.prepare(signature)?;
         let id = publish.message.headers.id.clone();
         let span = publish_span(&publish);
+        let events = self.sent_events(std::slice::from_ref(&publish));
         async {
             self.inner.broker.publish(vec![publish]).await?;
             tracing::debug!("task sent");
@@ -198,6 +209,9 @@ impl App {
         }
         .instrument(span)
         .await?;
+        if let Some(events) = events {
+            sent_events::announce(&self.inner.broker, events).await;
+        }
         Ok(AsyncResult::new(self.clone(), id))
     }
 
@@ -215,6 +229,7 @@ impl App {
             .map(|publish| publish.message.headers.id.clone())
             .collect();
         let span = tracing::debug_span!("publish_batch", count = batch.len());
+        let events = self.sent_events(&batch);
         async {
             self.inner.broker.publish(batch).await?;
             tracing::debug!(count = ids.len(), "tasks sent");
@@ -222,6 +237,9 @@ impl App {
         }
         .instrument(span)
         .await?;
+        if let Some(events) = events {
+            sent_events::announce(&self.inner.broker, events).await;
+        }
         Ok(ids
             .into_iter()
             .map(|id| AsyncResult::new(self.clone(), id))
@@ -288,6 +306,13 @@ impl AppBuilder {
         self
     }
 
+    /// Sends a `task-sent` event for every task sent, as Celery's `task_send_sent_event`
+    /// (Flower then shows tasks from the moment they are sent). Off by default.
+    pub fn send_sent_events(mut self, enabled: bool) -> Self {
+        self.send_sent_events = enabled;
+        self
+    }
+
     /// Ignores results of every task (nothing is stored).
     pub fn ignore_result(mut self, ignore: bool) -> Self {
         self.ignore_result = ignore;
@@ -309,6 +334,7 @@ impl AppBuilder {
 
     /// Connects the broker and backend and builds the app.
     pub async fn build(self) -> Result<App, Error> {
+        let origin = format!("gen{}@{}", std::process::id(), hostname());
         if let Some(error) = self.errors.into_iter().next() {
             return Err(error);
         }
@@ -345,7 +371,10 @@ impl AppBuilder {
                 router: self.router,
                 ignore_result: self.ignore_result,
                 state: self.state,
-                origin: format!("gen{}@{}", std::process::id(), hostname()),
+                sent_events: self
+                    .send_sent_events
+                    .then(|| crate::events::EventSource::new(origin.clone())),
+                origin,
                 reply_to: uuid::Uuid::new_v4().to_string(),
             }),
         })
