@@ -200,6 +200,7 @@ mod redis_bench {
         count: usize,
         name: &'static str,
         concurrency: usize,
+        task_events: bool,
     ) -> (f64, String) {
         let queue = queue_name(name);
         let app = app(urls, &queue).await;
@@ -214,6 +215,7 @@ mod redis_bench {
                 // Celery's default prefetch multiplier (4) over the slots.
                 .prefetch(3 * concurrency)
                 .fetch_wait(Duration::from_millis(5))
+                .task_events(task_events)
                 .spawn();
             while worker.stats().succeeded.get() < count as u64 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -247,6 +249,26 @@ mod redis_bench {
         let percentile =
             |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
         (percentile(0.50), percentile(0.99))
+    }
+
+    /// CPU seconds per second of a worker at rest (heartbeats, control listener, idle
+    /// fetches), over 10 s.
+    async fn idle_cpu(urls: &Urls) -> f64 {
+        let queue = queue_name("idle");
+        let app = app(urls, &queue).await;
+        let worker = Worker::new(app.clone()).queues([queue.as_str()]).spawn();
+        // Settled first: connections made, mingle done.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = cpu_seconds("self");
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let after = cpu_seconds("self");
+        let elapsed = started.elapsed().as_secs_f64();
+        worker.shutdown().await.expect("shutdown");
+        match (before, after) {
+            (Some(before), Some(after)) => (after - before) / elapsed,
+            _ => f64::NAN,
+        }
     }
 
     /// CPU seconds (user + system) used so far by a process, from `/proc/<pid>/stat`.
@@ -406,7 +428,7 @@ app.worker_main(["worker", "-Q", queue, "--pool=solo", "--without-gossip", "--wi
             ("bench.noop", "results ignored"),
             ("bench.noop_result", "results stored"),
         ] {
-            let (rate, cpu) = drain(urls, count, name, 64).await;
+            let (rate, cpu) = drain(urls, count, name, 64, false).await;
             push(
                 format!("redis: drain no-op, {label}, conc. 64"),
                 tasks_per_second(rate),
@@ -429,6 +451,22 @@ app.worker_main(["worker", "-Q", queue, "--pool=solo", "--without-gossip", "--wi
                 }
             }
         }
+        // Task events (4 per task, in task.multi batches) must not slow the drain much.
+        let (off, _) = drain(urls, count, "bench.noop_result", 64, false).await;
+        let (on, cpu) = drain(urls, count, "bench.noop_result", 64, true).await;
+        push(
+            "redis: drain no-op, results stored, task events on".into(),
+            tasks_per_second(on),
+        );
+        push(format!("  {cpu}"), String::new());
+        push(
+            "  ratio task events on / off (same run)".into(),
+            format!("{:>10.2} x", on / off),
+        );
+        push(
+            "redis: idle worker, heartbeats every 2 s: CPU".into(),
+            format!("{:>10.2} ms/s", idle_cpu(urls).await * 1e3),
+        );
         let (p50, p99) = round_trip(urls, 2_000).await;
         let micros = |latency: Duration| format!("{:>10.1} µs", latency.as_secs_f64() * 1e6);
         push("redis: round trip send -> result, p50".into(), micros(p50));
