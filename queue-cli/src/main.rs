@@ -1,14 +1,18 @@
-//! `queue`: send a task by name, read a result by id, show queue lengths, purge a queue —
-//! against any broker and result backend the `queue` crate supports (Redis, RabbitMQ,
-//! PostgreSQL, SQLite), including ones shared with Python Celery.
+//! `queue`: send a task by name, read a result by id, show queue lengths, purge a queue;
+//! inspect and control the workers and tail their events — against any broker and result
+//! backend the `queue` crate supports (Redis, RabbitMQ, PostgreSQL, SQLite), including ones
+//! shared with Python Celery.
 
-use std::io::{BufRead, Write};
+mod call;
+mod control;
+mod events;
+mod inspect;
+mod output;
+
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use queue::{App, AsyncResult, ResultError, Signature};
-use serde_json::{Map, Value, json};
+use clap::{Args, Parser, Subcommand};
+use queue::App;
 
 #[derive(Parser)]
 #[command(name = "queue", version, about)]
@@ -26,31 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Sends a task by name and prints its id (and, with --wait, its result as JSON).
-    Call {
-        /// Task name, e.g. tasks.add.
-        name: String,
-        /// Positional arguments, a JSON array.
-        #[arg(long, default_value = "[]")]
-        args: String,
-        /// Keyword arguments, a JSON object.
-        #[arg(long, default_value = "{}")]
-        kwargs: String,
-        /// Queue to send to (default: celery).
-        #[arg(long)]
-        queue: Option<String>,
-        /// Priority 0 (lowest) to 9 (highest).
-        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
-        priority: Option<u8>,
-        /// Seconds before the task may run.
-        #[arg(long)]
-        countdown: Option<f64>,
-        /// Seconds after which the task expires (is REVOKED instead of run).
-        #[arg(long)]
-        expires: Option<f64>,
-        /// Waits up to this many seconds for the result and prints it.
-        #[arg(long)]
-        wait: Option<f64>,
-    },
+    Call(call::CallArgs),
     /// Prints the state and result of a task.
     Result {
         /// Task id.
@@ -70,14 +50,80 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Asks the workers (Rust and Python) what they are doing, like `celery inspect`.
+    Inspect {
+        #[command(subcommand)]
+        method: inspect::Method,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Changes what the workers do, like `celery control`.
+    Control {
+        #[command(subcommand)]
+        command: control::Command,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Revokes tasks: workers discard them when they arrive (and, with --terminate, stop
+    /// them if they run). Sent without waiting for replies.
+    Revoke {
+        /// Task ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Also stops the tasks if they are running.
+        #[arg(long)]
+        terminate: bool,
+        /// Signal for --terminate (Python workers).
+        #[arg(long, default_value = "SIGTERM")]
+        signal: String,
+        /// Only these nodes (repeat, or comma-separated).
+        #[arg(short, long, value_delimiter = ',')]
+        destination: Vec<String>,
+    },
+    /// Prints the workers' events as they come, like `celery events --dump`; runs until
+    /// Ctrl-C.
+    Events {
+        /// One JSON object per event.
+        #[arg(long)]
+        json: bool,
+        /// Stops after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
-fn parse_json(what: &str, text: &str) -> Result<Value, String> {
-    serde_json::from_str(text).map_err(|error| format!("--{what} is not valid JSON: {error}"))
+/// Which workers to ask, how long to wait and how to print.
+#[derive(Args, Clone, Debug)]
+pub struct Target {
+    /// Only these nodes, e.g. celery@host (repeat, or comma-separated).
+    #[arg(short, long, global = true, value_delimiter = ',')]
+    pub destination: Vec<String>,
+    /// Seconds to wait for the next reply.
+    #[arg(short, long, global = true, default_value_t = 1.0)]
+    pub timeout: f64,
+    /// Prints the replies as one JSON object {node: reply}.
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
-fn seconds(what: &str, value: f64) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(value).map_err(|_| format!("--{what} must be a positive number"))
+/// Why the command failed.
+pub enum Failure {
+    /// A message printed after `error: `.
+    Message(String),
+    /// No worker replied (printed as Celery prints it).
+    NoReplies,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self::Message(message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Self::Message(message.to_owned())
+    }
 }
 
 async fn connect(cli: &Cli) -> Result<App, String> {
@@ -97,117 +143,26 @@ async fn connect(cli: &Cli) -> Result<App, String> {
     builder.build().await.map_err(|error| error.to_string())
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> Result<(), Failure> {
     let app = connect(&cli).await?;
     match cli.command {
-        Command::Call {
-            name,
-            args,
-            kwargs,
-            queue,
-            priority,
-            countdown,
-            expires,
-            wait,
-        } => {
-            let Value::Array(args) = parse_json("args", &args)? else {
-                return Err("--args must be a JSON array".into());
-            };
-            let Value::Object(kwargs) = parse_json("kwargs", &kwargs)? else {
-                return Err("--kwargs must be a JSON object".into());
-            };
-            let mut signature = Signature::new(name).args(args).kwargs(kwargs);
-            if let Some(queue) = queue {
-                signature = signature.queue(queue);
-            }
-            if let Some(priority) = priority {
-                signature = signature.priority(priority);
-            }
-            if let Some(countdown) = countdown {
-                signature = signature.countdown(seconds("countdown", countdown)?);
-            }
-            if let Some(expires) = expires {
-                signature = signature.expires_in(seconds("expires", expires)?);
-            }
-            let result = app
-                .send(signature)
-                .await
-                .map_err(|error| error.to_string())?;
-            println!("{}", result.id());
-            if let Some(wait) = wait {
-                let value = result
-                    .get(seconds("wait", wait)?)
-                    .await
-                    .map_err(|error| describe(&error))?;
-                println!("{value}");
-            }
-            Ok(())
+        Command::Call(args) => call::call(&app, args).await?,
+        Command::Result { id } => call::result(&app, id).await?,
+        Command::Queues { queues } => call::queues(&app, queues).await?,
+        Command::Purge { queue, yes } => call::purge(&app, queue, yes).await?,
+        Command::Inspect { method, target } => return inspect::run(&app, method, &target).await,
+        Command::Control { command, target } => {
+            return control::run(&app, command, &target).await;
         }
-        Command::Result { id } => {
-            let result: AsyncResult = app.result(id);
-            let meta = result.meta().await.map_err(|error| error.to_string())?;
-            let shown = match meta {
-                None => json!({"task_id": result.id(), "status": "PENDING", "result": null}),
-                Some(meta) => serde_json::to_value(&meta).map_err(|error| error.to_string())?,
-            };
-            println!("{shown}");
-            Ok(())
-        }
-        Command::Queues { queues } => {
-            for queue in queues {
-                let length = app
-                    .broker()
-                    .queue_length(&queue)
-                    .await
-                    .map_err(|error| error.to_string())?;
-                let by_priority: Map<String, Value> = length
-                    .by_priority
-                    .iter()
-                    .map(|(priority, count)| (priority.to_string(), json!(count)))
-                    .collect();
-                println!("{queue}\t{}\t{}", length.total, Value::Object(by_priority));
-            }
-            Ok(())
-        }
-        Command::Purge { queue, yes } => {
-            if !yes && !confirm(&format!("Purge every ready message of {queue:?}? [y/N] "))? {
-                return Err("not purged".into());
-            }
-            let removed = app
-                .broker()
-                .purge(&queue)
-                .await
-                .map_err(|error| error.to_string())?;
-            println!("purged {removed} messages from {queue}");
-            Ok(())
-        }
+        Command::Revoke {
+            ids,
+            terminate,
+            signal,
+            destination,
+        } => control::revoke(&app, ids, terminate, signal, destination).await?,
+        Command::Events { json, count } => events::run(&app, json, count).await?,
     }
-}
-
-fn describe(error: &ResultError) -> String {
-    match error {
-        ResultError::Failed { error, .. } => {
-            let mut text = format!("{}: {}", error.exc_type(), error.message());
-            if let Some(traceback) = error.traceback_text() {
-                text.push('\n');
-                text.push_str(traceback);
-            }
-            text
-        }
-        other => other.to_string(),
-    }
-}
-
-fn confirm(question: &str) -> Result<bool, String> {
-    let mut stderr = std::io::stderr();
-    let _ = write!(stderr, "{question}");
-    let _ = stderr.flush();
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .map_err(|error| error.to_string())?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+    Ok(())
 }
 
 #[tokio::main]
@@ -220,8 +175,12 @@ async fn main() -> ExitCode {
         .init();
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err(Failure::Message(message)) => {
             eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+        Err(Failure::NoReplies) => {
+            eprintln!("Error: No nodes replied within time constraint");
             ExitCode::FAILURE
         }
     }
