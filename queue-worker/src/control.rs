@@ -120,6 +120,19 @@ fn count(arguments: &Map<String, Value>, name: &str) -> Option<usize> {
     }
 }
 
+/// A flag argument read as Python's `if flag:` does: Flower's revoke sends `terminate` as
+/// `1` (its `strtobool` gives 1 or 0), Celery's own client `true`.
+fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(flag) => *flag,
+        Value::Number(number) => number.as_f64().is_some_and(|n| n != 0.0),
+        Value::String(text) => !text.is_empty(),
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(items) => !items.is_empty(),
+    }
+}
+
 /// Revoked ids as workers exchange them: a list (5.7), or a mapping id → stamp (older).
 fn revoked_ids(value: Option<&Value>) -> Vec<String> {
     match value {
@@ -261,10 +274,7 @@ impl ControlContext {
                 .collect(),
             _ => return error("revoke needs a task_id"),
         };
-        let terminate = arguments
-            .get("terminate")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let terminate = arguments.get("terminate").is_some_and(truthy);
         for id in &ids {
             self.runtime.revoked.insert(id);
         }
@@ -634,6 +644,23 @@ mod tests {
 
     fn arguments(value: Value) -> Map<String, Value> {
         value.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn flags_are_read_as_python_truth() {
+        for yes in [json!(true), json!(1), json!(1.5), json!("yes"), json!([0])] {
+            assert!(truthy(&yes), "{yes}");
+        }
+        for no in [
+            json!(false),
+            json!(0),
+            json!(0.0),
+            json!(""),
+            json!([]),
+            json!(null),
+        ] {
+            assert!(!truthy(&no), "{no}");
+        }
     }
 
     #[test]
