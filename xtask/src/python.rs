@@ -1,5 +1,5 @@
-//! `cargo xtask python-venv`: a virtualenv with Python Celery, for the interop tests and the
-//! side-by-side benchmark. Rebuilt only when the requirements below change.
+//! `cargo xtask python-venv`: a virtualenv with Python Celery and Flower, for the interop tests
+//! (tests/flower.rs runs the real Flower) and the side-by-side benchmark. Rebuilt only when the requirements below change.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -8,8 +8,8 @@ use std::process::Command;
 use crate::util::{self, Result, err};
 
 /// What the venv holds. The `redis` extra matters: plain `celery redis` failed on our
-/// machines with "No module named 'packaging'".
-const REQUIREMENTS: &[&str] = &["celery[redis]==5.7.0"];
+/// machines with "No module named 'packaging'". Flower 2.2.0 is the latest 2.2 release.
+const REQUIREMENTS: &[&str] = &["celery[redis]==5.7.0", "flower==2.2.0"];
 
 /// Records which requirements the venv was built with, to make `ensure_venv` idempotent.
 const STAMP: &str = ".xtask-requirements";
@@ -72,7 +72,18 @@ pub fn ensure_venv() -> Result<PathBuf> {
     if version.trim().is_empty() {
         return err("celery does not import in the new venv");
     }
-    eprintln!("celery {} in {}", version.trim(), venv.display());
+    let flower = util::output(
+        Command::new(&python).args(["-c", "import flower; print(flower.__version__)"]),
+    )?;
+    if flower.trim().is_empty() {
+        return err("flower does not import in the new venv");
+    }
+    eprintln!(
+        "celery {}, flower {} in {}",
+        version.trim(),
+        flower.trim(),
+        venv.display()
+    );
     std::fs::write(&stamp, wanted)?;
     Ok(venv)
 }
