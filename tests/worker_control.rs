@@ -46,6 +46,15 @@ async fn app() -> App {
         .unwrap()
 }
 
+/// This node's reply to `method` with `arguments` (a JSON object).
+async fn reply(app: &App, method: &str, arguments: serde_json::Value) -> serde_json::Value {
+    let serde_json::Value::Object(arguments) = arguments else {
+        panic!("arguments are an object")
+    };
+    let replies = control(app).call(method, arguments).await.unwrap();
+    replies.get(NODE).cloned().unwrap_or_default()
+}
+
 /// The control client, waiting for this node only (so calls end when it replied).
 fn control(app: &App) -> queue::control::Control {
     app.control().destination([NODE]).timeout(WAIT)
@@ -175,35 +184,22 @@ async fn events_toggle_unknown_commands_error_and_shutdown_stops_the_worker() {
     let app = app().await;
     let worker = Worker::new(app.clone()).node_name(NODE).spawn();
     until_listening(&app).await;
-    let enable = control(&app)
-        .call("enable_events", Map::new())
-        .await
-        .unwrap();
     assert_eq!(
-        enable.get(NODE),
-        Some(&json!({"ok": "task events enabled"}))
+        reply(&app, "enable_events", json!({})).await,
+        json!({"ok": "task events enabled"})
     );
-    let again = control(&app)
-        .call("enable_events", Map::new())
-        .await
-        .unwrap();
     assert_eq!(
-        again.get(NODE),
-        Some(&json!({"ok": "task events already enabled"}))
+        reply(&app, "enable_events", json!({})).await,
+        json!({"ok": "task events already enabled"})
     );
-    let disable = control(&app)
-        .call("disable_events", Map::new())
-        .await
-        .unwrap();
     assert_eq!(
-        disable.get(NODE),
-        Some(&json!({"ok": "task events disabled"}))
+        reply(&app, "disable_events", json!({})).await,
+        json!({"ok": "task events disabled"})
     );
 
-    let unknown = control(&app).call("nosuchcmd", Map::new()).await.unwrap();
     assert_eq!(
-        unknown.get(NODE),
-        Some(&json!({"error": "KeyError('nosuchcmd')"}))
+        reply(&app, "nosuchcmd", json!({})).await,
+        json!({"error": "KeyError('nosuchcmd')"})
     );
     // Another node's request is not answered.
     let elsewhere = app
@@ -483,22 +479,19 @@ async fn pool_grow_shrink_and_autoscale_change_the_concurrency() {
         let stats = control(&app).inspect().stats().await.unwrap();
         stats.get(NODE).unwrap()["pool"]["max-concurrency"].clone()
     };
-    let mut n = Map::new();
-    n.insert("n".into(), json!(2));
-    let grown = control(&app).call("pool_grow", n.clone()).await.unwrap();
-    assert_eq!(grown.get(NODE), Some(&json!({"ok": "pool will grow"})));
-    assert_eq!(concurrency().await, json!(5));
-    n.insert("n".into(), json!("10"));
-    let shrunk = control(&app).call("pool_shrink", n).await.unwrap();
-    assert_eq!(shrunk.get(NODE), Some(&json!({"ok": "pool will shrink"})));
-    assert_eq!(concurrency().await, json!(1), "one slot always stays");
-    let mut bounds = Map::new();
-    bounds.insert("max".into(), json!(4));
-    bounds.insert("min".into(), json!(2));
-    let scaled = control(&app).call("autoscale", bounds).await.unwrap();
     assert_eq!(
-        scaled.get(NODE),
-        Some(&json!({"ok": "autoscale now max=4 min=2"}))
+        reply(&app, "pool_grow", json!({"n": 2})).await,
+        json!({"ok": "pool will grow"})
+    );
+    assert_eq!(concurrency().await, json!(5));
+    assert_eq!(
+        reply(&app, "pool_shrink", json!({"n": "10"})).await,
+        json!({"ok": "pool will shrink"})
+    );
+    assert_eq!(concurrency().await, json!(1), "one slot always stays");
+    assert_eq!(
+        reply(&app, "autoscale", json!({"max": 4, "min": 2})).await,
+        json!({"ok": "autoscale now max=4 min=2"})
     );
     assert_eq!(concurrency().await, json!(4));
     // Tasks still run at the new size.

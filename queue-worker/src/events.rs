@@ -13,11 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use queue_core::TaskError;
-use queue_core::broadcast::{Broadcast, BroadcastMessage, ExchangeKind};
-use queue_core::events::{
-    EVENT_EXCHANGE, Event, EventSource, MAX_BATCH, TaskEvent, WorkerEventKind, WorkerStatus,
-    body_routing_key,
-};
+use queue_core::broadcast::Broadcast;
+use queue_core::events::{Event, EventSource, MAX_BATCH, TaskEvent, WorkerEventKind, WorkerStatus};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -70,6 +67,7 @@ impl Events {
     pub(crate) fn new(
         broadcast: Option<Arc<dyn Broadcast>>,
         node_name: &str,
+        clock: Arc<queue_core::events::LamportClock>,
         options: &EventOptions,
         stats: Arc<WorkerStats>,
         held: Arc<Held>,
@@ -91,7 +89,7 @@ impl Events {
             }
         };
         let events = Arc::new(Self {
-            source: EventSource::new(node_name),
+            source: EventSource::with_clock(node_name, clock),
             task_events: AtomicBool::new(options.task_events),
             buffer,
             stats,
@@ -214,15 +212,7 @@ impl Publisher {
     }
 
     async fn send(&self, events: &[Event]) {
-        let Some(first) = events.first() else { return };
-        let message = BroadcastMessage::new(body_routing_key(events), Event::encode(events))
-            .header("hostname", first.hostname.as_str());
-        // Topic on AMQP (Celery's `celeryev`); the Redis broker sends topic and fanout alike.
-        if let Err(error) = self
-            .broadcast
-            .send(EVENT_EXCHANGE, ExchangeKind::Topic, message)
-            .await
-        {
+        if let Err(error) = queue_core::events::publish(&*self.broadcast, events).await {
             // Events are transient: a lost one is not retried (Celery does not either).
             debug!(%error, count = events.len(), "events not sent");
         }
@@ -285,6 +275,7 @@ mod tests {
         let (events, _) = Events::new(
             None,
             "celery@test",
+            Arc::default(),
             &EventOptions::default(),
             stats.clone(),
             Arc::default(),

@@ -14,8 +14,7 @@ use queue_core::broker::Publish;
 use queue_core::protocol::{Embed, Message, time};
 use queue_core::task::RegisteredTask;
 use queue_core::{
-    Arguments, Delivery, RetryPolicy, Signature, TaskContext, TaskError, TaskErrorKind, TaskMeta,
-    TaskState,
+    Arguments, Delivery, Signature, TaskContext, TaskError, TaskErrorKind, TaskMeta, TaskState,
 };
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -28,13 +27,12 @@ use crate::hooks::Outcome;
 use crate::limits::{RunResult, guarded, panic_message, run_limited};
 use crate::runtime::{Runtime, Unpersisted};
 use crate::settle::Settlement;
+pub use crate::unknown_task::UNKNOWN_TASK_REQUEUES_HEADER;
 
 /// An eta closer than this is waited for in place; a later one goes back to the broker.
 const ETA_HOLD: Duration = Duration::from_millis(50);
 /// A rate-limit wait longer than this hands the message back to the broker.
 const RATE_LIMIT_HOLD: Duration = Duration::from_secs(1);
-/// Header counting how often a message of an unknown task was given back for another worker.
-pub const UNKNOWN_TASK_REQUEUES_HEADER: &str = "x-unknown-task-requeues";
 
 /// Handles one delivery to the end. Every path acks, gives back, defers, replaces or
 /// dead-letters the delivery (or leaves it unacked on a broker error, to be redelivered);
@@ -88,13 +86,13 @@ async fn walk(runtime: &Runtime, delivery: &Delivery, settle: &Settlement<'_>) {
 }
 
 /// One decodable delivery being handled.
-struct Execution<'a> {
-    runtime: &'a Runtime,
-    delivery: &'a Delivery,
-    message: &'a Message,
-    settle: &'a Settlement<'a>,
+pub(crate) struct Execution<'a> {
+    pub(crate) runtime: &'a Runtime,
+    pub(crate) delivery: &'a Delivery,
+    pub(crate) message: &'a Message,
+    pub(crate) settle: &'a Settlement<'a>,
     /// Whether the delivery is acked at the end (false once acked before the start).
-    acks_late: bool,
+    pub(crate) acks_late: bool,
 }
 
 impl Execution<'_> {
@@ -164,54 +162,6 @@ impl Execution<'_> {
         }
         self.execute(task, body.args, body.kwargs, body.embed.unwrap_or_default())
             .await
-    }
-
-    /// A task this worker does not know: dead-lettered, or (with `requeue_unknown_tasks`)
-    /// given back with a growing delay for another worker, without storing anything a client
-    /// would take for the task's outcome.
-    async fn unknown_task(self) {
-        let name = &self.message.headers.task;
-        let reason = match self.runtime.config.unknown_task_requeues {
-            Some(max) => {
-                let requeues = self
-                    .message
-                    .headers
-                    .extra
-                    .get(UNKNOWN_TASK_REQUEUES_HEADER)
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                if requeues < u64::from(max) {
-                    return self.give_back_unknown(requeues).await;
-                }
-                format!("unknown task {name:?}: no worker took it after {max} requeues")
-            }
-            None => format!("unknown task {name:?}"),
-        };
-        let error = TaskError::new("NotRegistered", name.clone()).module("celery.exceptions");
-        // The message survives in the dead-letter place even if this store fails.
-        let _ = self.store_error(TaskState::Failure, &error).await;
-        warn!(%reason, "dead-lettering message");
-        self.settle.dead_letter(&reason).await;
-    }
-
-    async fn give_back_unknown(&self, requeues: u64) {
-        let delay = unknown_task_backoff().delay_for(u32::try_from(requeues).unwrap_or(u32::MAX));
-        let mut message = self.message.clone();
-        message.headers.extra.insert(
-            UNKNOWN_TASK_REQUEUES_HEADER.to_owned(),
-            Value::from(requeues + 1),
-        );
-        message.headers.eta = Some(time::after(delay));
-        warn!(
-            ?delay,
-            requeues = requeues + 1,
-            "unknown task: given back for another worker"
-        );
-        let replacement = Publish::new(self.delivery.queue.clone(), message);
-        if let Err(error) = self.settle.replace(replacement).await {
-            warn!(%error, "could not give the message back with a delay; requeued as it is");
-            self.settle.give_back().await;
-        }
     }
 
     async fn execute(
@@ -515,7 +465,11 @@ impl Execution<'_> {
         meta
     }
 
-    async fn store_error(&self, status: TaskState, error: &TaskError) -> Result<(), Unpersisted> {
+    pub(crate) async fn store_error(
+        &self,
+        status: TaskState,
+        error: &TaskError,
+    ) -> Result<(), Unpersisted> {
         let mut meta = self.meta(status, error.to_exception_value());
         meta.traceback = error.traceback_text().map(str::to_owned);
         self.runtime.store_outcome(meta).await
@@ -587,15 +541,4 @@ struct Ending<'a> {
     ignore_result: bool,
     /// How long the task body ran.
     ran_for: Duration,
-}
-
-/// Delays between the give-backs of a message of an unknown task: 1 s, doubling, up to 60 s.
-fn unknown_task_backoff() -> RetryPolicy {
-    RetryPolicy {
-        max_retries: None,
-        delay: Duration::from_secs(1),
-        backoff: true,
-        backoff_max: Duration::from_secs(60),
-        jitter: false,
-    }
 }

@@ -21,6 +21,7 @@ mod rate_limit;
 mod revoke;
 mod runtime;
 mod settle;
+mod unknown_task;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -349,6 +350,8 @@ impl Worker {
             let (events, publisher) = Events::new(
                 broadcast.clone(),
                 &self.node_name,
+                // One clock for the app's requests, the worker's events and its replies.
+                self.app.clock().clone(),
                 &self.events,
                 stats.clone(),
                 held.clone(),

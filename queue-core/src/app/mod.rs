@@ -67,6 +67,8 @@ struct AppInner {
     reply_to: String,
     /// Where `task-sent` events come from, when they are sent.
     sent_events: Option<crate::events::EventSource>,
+    /// Celery's `app.clock`: stamped on this app's events and control requests.
+    clock: Arc<crate::events::LamportClock>,
 }
 
 impl fmt::Debug for App {
@@ -184,6 +186,11 @@ impl App {
     /// `rate_limit`, any command with `call` (see [`Control`](crate::control::Control)).
     pub fn control(&self) -> crate::control::Control {
         crate::control::Control::new(self.clone())
+    }
+
+    /// The app's Lamport clock (Celery's `app.clock`).
+    pub fn clock(&self) -> &Arc<crate::events::LamportClock> {
+        &self.inner.clock
     }
 
     fn sent_events(&self, publishes: &[Publish]) -> Option<Vec<crate::events::Event>> {
@@ -335,6 +342,7 @@ impl AppBuilder {
     /// Connects the broker and backend and builds the app.
     pub async fn build(self) -> Result<App, Error> {
         let origin = format!("gen{}@{}", std::process::id(), hostname());
+        let clock = Arc::new(crate::events::LamportClock::default());
         if let Some(error) = self.errors.into_iter().next() {
             return Err(error);
         }
@@ -373,7 +381,8 @@ impl AppBuilder {
                 state: self.state,
                 sent_events: self
                     .send_sent_events
-                    .then(|| crate::events::EventSource::new(origin.clone())),
+                    .then(|| crate::events::EventSource::with_clock(origin.clone(), clock.clone())),
+                clock,
                 origin,
                 reply_to: uuid::Uuid::new_v4().to_string(),
             }),

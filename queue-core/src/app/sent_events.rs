@@ -1,9 +1,8 @@
 //! `task-sent` events from producers (Celery's `task_send_sent_event`): what Flower shows
 //! as a task's SENT state. Best effort: a task is sent whether or not its event is.
 
-use crate::broadcast::{BroadcastMessage, ExchangeKind};
 use crate::broker::{Broker, Publish};
-use crate::events::{EVENT_EXCHANGE, Event, EventSource, MAX_BATCH, TaskEvent, body_routing_key};
+use crate::events::{Event, EventSource, MAX_BATCH, TaskEvent};
 
 /// The `task-sent` events of `publishes`, made before they go out (the publish consumes
 /// them).
@@ -20,13 +19,7 @@ pub(super) async fn announce(broker: &std::sync::Arc<dyn Broker>, events: Vec<Ev
         return;
     };
     for batch in events.chunks(MAX_BATCH) {
-        let Some(first) = batch.first() else { continue };
-        let message = BroadcastMessage::new(body_routing_key(batch), Event::encode(batch))
-            .header("hostname", first.hostname.as_str());
-        if let Err(error) = broadcast
-            .send(EVENT_EXCHANGE, ExchangeKind::Topic, message)
-            .await
-        {
+        if let Err(error) = crate::events::publish(&*broadcast, batch).await {
             tracing::debug!(%error, count = batch.len(), "task-sent events not sent");
         }
     }

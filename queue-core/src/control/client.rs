@@ -8,7 +8,6 @@ use super::{PIDBOX_EXCHANGE, REPLY_EXCHANGE, ReplyTo, Request, reply_queue};
 use crate::app::App;
 use crate::broadcast::{Binding, BroadcastMessage, ExchangeKind};
 use crate::broker::BrokerError;
-use crate::events::LamportClock;
 
 /// Why a control call failed.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +67,6 @@ pub struct Control {
     app: App,
     timeout: Duration,
     destination: Option<Vec<String>>,
-    clock: std::sync::Arc<LamportClock>,
 }
 
 impl Control {
@@ -77,7 +75,6 @@ impl Control {
             app,
             timeout: Duration::from_secs(1),
             destination: None,
-            clock: Default::default(),
         }
     }
 
@@ -134,12 +131,7 @@ impl Control {
         method: &str,
         arguments: Map<String, Value>,
     ) -> Result<Replies, ControlError> {
-        let broadcast = self
-            .app
-            .broker()
-            .clone()
-            .broadcast()
-            .ok_or(ControlError::Unsupported)?;
+        let broadcast = self.broadcast()?;
         let client_id = uuid::Uuid::new_v4().to_string();
         let ticket = uuid::Uuid::new_v4().to_string();
         // Subscribed before the request goes out, so that no reply can come before.
@@ -171,7 +163,7 @@ impl Control {
                 break;
             };
             if let Some(clock) = message.headers.get("clock").and_then(Value::as_u64) {
-                self.clock.adjust(clock);
+                self.app.clock().adjust(clock);
             }
             if message.headers.get("ticket").and_then(Value::as_str) != Some(ticket.as_str()) {
                 continue;
@@ -190,12 +182,7 @@ impl Control {
         method: &str,
         arguments: Map<String, Value>,
     ) -> Result<(), ControlError> {
-        let broadcast = self
-            .app
-            .broker()
-            .clone()
-            .broadcast()
-            .ok_or(ControlError::Unsupported)?;
+        let broadcast = self.broadcast()?;
         let request = self.request(method, arguments);
         broadcast
             .send(
@@ -205,6 +192,14 @@ impl Control {
             )
             .await?;
         Ok(())
+    }
+
+    fn broadcast(&self) -> Result<std::sync::Arc<dyn crate::broadcast::Broadcast>, ControlError> {
+        self.app
+            .broker()
+            .clone()
+            .broadcast()
+            .ok_or(ControlError::Unsupported)
     }
 
     fn request(&self, method: &str, arguments: Map<String, Value>) -> Request {
@@ -217,7 +212,7 @@ impl Control {
     fn message(&self, request: &Request) -> BroadcastMessage {
         let expires = crate::events::unix_now() + self.timeout.as_secs_f64();
         BroadcastMessage::new("", request.encode())
-            .header("clock", self.clock.forward())
+            .header("clock", self.app.clock().forward())
             .header("expires", expires)
     }
 }

@@ -122,6 +122,28 @@ impl Event {
     }
 }
 
+/// Sends `events` as one body on the event exchange (topic on AMQP, as Celery declares
+/// `celeryev`; the Redis broker sends topic and fanout alike), with the `hostname` header
+/// of the first event's sender. Transient: nothing is retried.
+pub async fn publish(
+    broadcast: &dyn crate::broadcast::Broadcast,
+    events: &[Event],
+) -> Result<(), crate::broker::BrokerError> {
+    let Some(first) = events.first() else {
+        return Ok(());
+    };
+    let message =
+        crate::broadcast::BroadcastMessage::new(body_routing_key(events), Event::encode(events))
+            .header("hostname", first.hostname.as_str());
+    broadcast
+        .send(
+            EVENT_EXCHANGE,
+            crate::broadcast::ExchangeKind::Topic,
+            message,
+        )
+        .await
+}
+
 /// The routing key of an event type: `-` becomes `.`.
 pub fn routing_key(kind: &str) -> String {
     kind.replace('-', ".")
