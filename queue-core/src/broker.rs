@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, FixedOffset};
 use rand::Rng;
 
+use crate::backlog::{DelayedMessage, KnownQueues, QueueStats};
 use crate::broadcast::Broadcast;
 use crate::protocol::{Message, ProtocolError};
 
@@ -255,6 +256,54 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// ```
     fn broadcast(self: Arc<Self>) -> Option<Arc<dyn Broadcast>> {
         None
+    }
+
+    /// What a monitor shows for `queue`: ready messages per priority, the next ready message
+    /// and how long it has waited where the broker knows (see [`crate::backlog`]), and how
+    /// many messages wait for their eta and lie in the dead-letter place.
+    async fn queue_stats(&self, _queue: &str) -> Result<QueueStats, BrokerError> {
+        Err(BrokerError::Unsupported("queue_stats"))
+    }
+
+    /// Lists up to `limit` messages of `queue` that the broker holds until their eta, the
+    /// soonest due first.
+    async fn delayed(
+        &self,
+        _queue: &str,
+        _limit: usize,
+    ) -> Result<Vec<DelayedMessage>, BrokerError> {
+        Err(BrokerError::Unsupported("delayed"))
+    }
+
+    /// Makes the delayed message of `queue` with this task id ready now, at the end of
+    /// `queue`, its eta header removed so that a worker (ours or Python's) runs it at once.
+    /// `Ok(false)` when no delayed message of `queue` has that id. The message is never
+    /// lost: it moves in one step where the broker allows, else it is published (and
+    /// confirmed) before the delayed copy is removed.
+    async fn run_delayed_now(&self, _queue: &str, _task_id: &str) -> Result<bool, BrokerError> {
+        Err(BrokerError::Unsupported("run_delayed_now"))
+    }
+
+    /// Moves dead letters of `queue` back to the end of `queue` (all of them, or those whose
+    /// task id is in `task_ids`), without their dead-letter reason header; returns how many
+    /// moved. The same guarantee as [`Broker::run_delayed_now`]: none is lost.
+    async fn requeue_dead_letters(
+        &self,
+        _queue: &str,
+        _task_ids: Option<&[String]>,
+    ) -> Result<u64, BrokerError> {
+        Err(BrokerError::Unsupported("requeue_dead_letters"))
+    }
+
+    /// Removes all dead letters of `queue`; returns how many.
+    async fn purge_dead_letters(&self, _queue: &str) -> Result<u64, BrokerError> {
+        Err(BrokerError::Unsupported("purge_dead_letters"))
+    }
+
+    /// The task queues the broker can name (see [`KnownQueues`] for what each broker can
+    /// know).
+    async fn known_queues(&self) -> Result<KnownQueues, BrokerError> {
+        Err(BrokerError::Unsupported("known_queues"))
     }
 }
 

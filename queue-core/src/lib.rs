@@ -6,6 +6,8 @@
 //! - [`App`] (configuration, registry, routing, sending) and [`AsyncResult`];
 //! - [`events`]: Celery's worker and task events (protocol only), and [`broadcast`]: the
 //!   fanout side of a broker they travel on; [`control`]: remote control (pidbox);
+//! - [`backlog`]: what a broker holds per queue for a monitor (stats, delayed messages,
+//!   dead letters, known queues);
 //! - [`MemoryBroker`] and [`MemoryBackend`];
 //! - `conformance` (feature `conformance`): the suites every broker and backend must pass.
 //!
@@ -13,6 +15,7 @@
 
 pub mod app;
 pub mod backend;
+pub mod backlog;
 pub mod blocking;
 pub mod broadcast;
 pub mod broker;
@@ -33,6 +36,7 @@ pub mod task_error;
 
 pub use app::{App, AppBuilder};
 pub use backend::{BackendError, GroupMeta, ResultBackend, TaskMeta};
+pub use backlog::{DelayedMessage, KnownQueues, OldestMessage, QueueStats};
 pub use broker::{
     Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, Delivery, DeliveryTag, Publish,
     QueueLength, QueueOrder,
