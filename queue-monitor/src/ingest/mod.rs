@@ -1,0 +1,1 @@
+//! Ingestion: Celery events, inspect polling and queue lengths folded into the state.

@@ -1,0 +1,36 @@
+//! `queue-monitor`: watches the workers on a Celery broker (Rust and Python alike) and
+//! serves what it sees.
+//!
+//! It consumes Celery's events, polls the workers with inspect as Flower does, reads the
+//! queues' backlog from the broker, keeps a bounded history in SQLite (or PostgreSQL) that
+//! survives restarts, and serves a Flower-compatible JSON API, the dashboard's own JSON and
+//! live updates (SSE), and Prometheus metrics with Flower's names.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = queue_core::App::builder().broker("memory://").build().await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:5555").await?;
+//! queue_monitor::Monitor::new(app)
+//!     .history("sqlite://queue-monitor.sqlite")
+//!     .queue("celery")
+//!     .serve(listener)
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod auth;
+mod error;
+pub mod ingest;
+pub mod metrics;
+mod monitor;
+pub(crate) mod pages;
+pub mod settings;
+pub mod state;
+pub mod store;
+
+pub use auth::Auth;
+pub use error::MonitorError;
+pub use monitor::{DEFAULT_HISTORY, DEFAULT_LISTEN, Monitor, RunningMonitor};
+pub use settings::Settings;
+pub use state::MonitorState;

@@ -1,0 +1,1 @@
+//! Prometheus metrics with Flower's names, plus the queues' backlog gauges.
