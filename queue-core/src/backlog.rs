@@ -3,14 +3,23 @@
 //!
 //! How old the oldest ready message is: Celery's protocol v2 carries no sent time, so each
 //! broker says what it can know ([`OldestMessage::enqueued_at`]):
-//! - memory: the time it was put in the queue (or came due, for a delayed message);
-//! - RabbitMQ: the AMQP `timestamp` property, which our producers set (Python Celery does
-//!   not); `None` for a message that has none;
-//! - Redis: the `timestamp` our producers put in the kombu envelope's properties (kombu
-//!   ignores it), else the eta of a message that waited for it; `None` otherwise.
+//! - memory: the time it was put in the queue (for a delayed message: when it came due);
+//! - RabbitMQ: when it left our delay levels (RabbitMQ's `x-death` time), else the AMQP
+//!   `timestamp` property, which our brokers set when publishing (Python Celery does not),
+//!   or the message's eta when later; to the second. `None` for a Python message that
+//!   never waited for an eta;
+//! - Redis: the `timestamp` our broker writes into the kombu envelope's properties (kombu
+//!   keeps it and ignores it), or the message's eta when later; `None` for a Python
+//!   message without an eta.
 //!
 //! When nothing is known, the oldest message's task id is still given, so that a monitor can
-//! tell "the same message has been first since I first saw it".
+//! tell "the same message has been first in line since I first saw it".
+//!
+//! What the brokers can list as queues ([`KnownQueues`]): memory, all of its queues;
+//! Redis, the queues in kombu's binding tables (`_kombu.binding.*`, written by Celery and
+//! by us when a queue is declared or published to) and those with delayed messages or
+//! dead letters; RabbitMQ without its management API, only the queues this process
+//! declared, published to, consumed or asked about (AMQP 0-9-1 cannot list queues).
 //!
 //! [`Broker::queue_stats`]: crate::Broker::queue_stats
 //! [`Broker::delayed`]: crate::Broker::delayed
@@ -30,7 +39,9 @@ pub struct QueueStats {
     ///
     /// [`Broker::queue_length`]: crate::Broker::queue_length
     pub ready: QueueLength,
-    /// The message a consumer would get next; `None` when no message is ready.
+    /// The ready message that has waited longest: of the messages first in line at each
+    /// priority, the one that entered first where the broker knows when they entered, else
+    /// the one a consumer gets next. `None` when no message is ready.
     pub oldest_ready: Option<OldestMessage>,
     /// Messages whose eta is in the future, held by the broker for this queue.
     pub delayed: u64,
@@ -38,7 +49,7 @@ pub struct QueueStats {
     pub dead_letters: u64,
 }
 
-/// The ready message of a queue that a consumer would get next.
+/// The ready message of a queue that has waited longest (see [`QueueStats::oldest_ready`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OldestMessage {
     /// Its task id; `None` when the message does not decode.

@@ -10,12 +10,15 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::broadcast::Subscribers;
+use crate::backlog::{DelayedMessage, KnownQueues, QueueStats};
 use crate::broadcast::Broadcast;
 use crate::broker::{
     Broker, BrokerError, ConsumeOptions, Consumer, DEAD_LETTER_REASON_HEADER, DeadLetter, Delivery,
     DeliveryTag, Publish, QueueLength, QueueOrder, Undecodable, dead_letter_queue,
 };
 use crate::protocol::{Message, envelope, time};
+
+mod backlog;
 
 const PRIORITY_LEVELS: usize = crate::MAX_PRIORITY as usize + 1;
 
@@ -61,6 +64,9 @@ struct Stored {
     redelivered: bool,
     /// Why and when (a broker-wide sequence number) it was dead-lettered.
     dead_letter: Option<(String, u64)>,
+    /// When it entered its queue (a delayed message: when it came due); kept when it is
+    /// delivered again, so that the age of the oldest message counts from its first arrival.
+    enqueued_at: DateTime<FixedOffset>,
 }
 
 impl Stored {
@@ -75,6 +81,8 @@ impl Stored {
 #[derive(Debug)]
 struct Delayed {
     due: Instant,
+    /// `due` on the wall clock, for listings.
+    eta: DateTime<FixedOffset>,
     sequence: u64,
     queue: String,
     stored: Stored,
@@ -146,6 +154,7 @@ impl MemoryBroker {
                 content,
                 redelivered: false,
                 dead_letter: None,
+                enqueued_at: time::now(),
             },
             false,
         );
@@ -181,9 +190,10 @@ impl MemoryBroker {
                 content: Ok(publish.message),
                 redelivered: false,
                 dead_letter: None,
+                enqueued_at: now,
             };
             match eta {
-                Some(eta) => self.delay(&publish.queue, stored, instant_of(eta)),
+                Some(eta) => self.delay_until(&publish.queue, stored, instant_of(eta), eta),
                 None => self.push(&publish.queue, stored, false),
             }
         }
@@ -191,9 +201,16 @@ impl MemoryBroker {
     }
 
     fn delay(&self, queue: &str, stored: Stored, due: Instant) {
+        let ahead = due.saturating_duration_since(Instant::now());
+        self.delay_until(queue, stored, due, time::add(time::now(), ahead));
+    }
+
+    /// Holds `stored` until `due`, which is `eta` on the wall clock.
+    fn delay_until(&self, queue: &str, stored: Stored, due: Instant, eta: DateTime<FixedOffset>) {
         let sequence = self.shared.next_sequence.fetch_add(1, Ordering::Relaxed);
         self.lock().delayed.push(Reverse(Delayed {
             due,
+            eta,
             sequence,
             queue: queue.to_owned(),
             stored,
@@ -214,8 +231,10 @@ impl State {
             if next.due > now {
                 return Some(next.due);
             }
-            let Reverse(due) = self.delayed.pop().expect("peeked");
+            let Reverse(mut due) = self.delayed.pop().expect("peeked");
             let priority = due.stored.priority();
+            // Ready from its due time on: the age of a ready message counts from there.
+            due.stored.enqueued_at = due.eta;
             self.queues.entry(due.queue).or_default().by_priority[priority].push_back(due.stored);
         }
         None
@@ -301,6 +320,48 @@ impl Broker for MemoryBroker {
                 content: stored.content.clone(),
             })
             .collect())
+    }
+
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        let mut state = self.lock();
+        state.promote_due(Instant::now());
+        Ok(state.stats(queue))
+    }
+
+    async fn delayed(&self, queue: &str, limit: usize) -> Result<Vec<DelayedMessage>, BrokerError> {
+        Ok(self.lock().delayed_of(queue, limit))
+    }
+
+    async fn run_delayed_now(&self, queue: &str, task_id: &str) -> Result<bool, BrokerError> {
+        let ran = self.lock().run_delayed_now(queue, task_id);
+        if ran {
+            self.shared.changed.notify_waiters();
+        }
+        Ok(ran)
+    }
+
+    async fn requeue_dead_letters(
+        &self,
+        queue: &str,
+        task_ids: Option<&[String]>,
+    ) -> Result<u64, BrokerError> {
+        let moved = self.lock().requeue_dead_letters(queue, task_ids);
+        if moved > 0 {
+            self.shared.changed.notify_waiters();
+        }
+        Ok(moved)
+    }
+
+    async fn purge_dead_letters(&self, queue: &str) -> Result<u64, BrokerError> {
+        Ok(self
+            .lock()
+            .queues
+            .remove(&dead_letter_queue(queue))
+            .map_or(0, |dead| dead.len() as u64))
+    }
+
+    async fn known_queues(&self) -> Result<KnownQueues, BrokerError> {
+        Ok(self.lock().known_queues())
     }
 }
 

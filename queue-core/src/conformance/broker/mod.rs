@@ -16,7 +16,11 @@
 //! - `dead_letter` moves a message to where `dead_letters` lists it, with the reason;
 //! - `republish_and_ack` replaces a delivery in one step (or is `Unsupported`);
 //! - `purge` removes ready messages; a batch of 1000 is delivered exactly once to two
-//!   concurrent consumers.
+//!   concurrent consumers;
+//! - the backlog (`backlog_*`): `queue_stats` counts ready, delayed and dead messages and
+//!   names the oldest ready one, `delayed` lists held messages soonest first and
+//!   `run_delayed_now` readies one, dead letters are requeued (by id or all) and purged,
+//!   `known_queues` names the queues used.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,6 +34,7 @@ use crate::broker::{Broker, ConsumeOptions, Consumer, Delivery, Publish, QueueLe
 use crate::protocol::time::parse_timestamp;
 use crate::protocol::{Headers, Message, Properties, TaskBody, TimeLimit};
 
+mod backlog;
 mod fetch;
 mod order;
 mod queues;
@@ -37,6 +42,10 @@ mod replace;
 mod schedule;
 mod settle;
 
+pub use backlog::{
+    backlog_dead_letters_requeued_and_purged, backlog_delayed_listed_and_run_now,
+    backlog_known_queues_name_the_queue, backlog_stats_count_ready_delayed_and_dead,
+};
 pub use fetch::{fetch_respects_max_and_wait, fetch_returns_when_message_arrives};
 pub use order::{
     fifo_within_priority, higher_priority_first, strict_queue_order, weighted_queue_order,
