@@ -1,5 +1,5 @@
 //! [`RedisBroker`]: publishing, queue lengths, purge and dead-letter listing on kombu's
-//! layout. Consuming is in [`crate::consumer`].
+//! layout. Consuming is in [`crate::consumer`], the monitor's backlog in [`crate::backlog`].
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -10,6 +10,7 @@ use fred::prelude::{
     Client, ClientLike, HashesInterface, ListInterface, SetsInterface, SortedSetsInterface,
 };
 use fred::types::Value;
+use queue_core::backlog::{DelayedMessage, KnownQueues, QueueStats};
 use queue_core::broadcast::Broadcast;
 use queue_core::broker::{
     Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, Publish, QueueLength,
@@ -227,6 +228,21 @@ impl BrokerInner {
         Ok(())
     }
 
+    /// A queue's length from the lengths of its lists, served first to last.
+    pub(crate) fn length_from(&self, lengths: &[u64]) -> QueueLength {
+        let mut length = QueueLength::default();
+        for (step, count) in self.keys.steps().iter().zip(lengths) {
+            if *count > 0 {
+                // A list holds kombu priorities from its step up: report it under the highest
+                // of our priorities it holds (exact with one list per priority).
+                let ours = crate::keys::our_priority(Some(i64::from(*step)));
+                *length.by_priority.entry(ours).or_default() += count;
+                length.total += count;
+            }
+        }
+        length
+    }
+
     /// The position (1-based) of the list of kombu priority `wire` among a queue's lists.
     pub(crate) fn lane_of_wire(&self, wire: u8) -> usize {
         let step = self.keys.step_for_wire(wire);
@@ -374,17 +390,7 @@ impl Broker for RedisBroker {
                 .collect(),
             other => return Err(RedisError::Reply(format!("queue length reply {other:?}")).into()),
         };
-        let mut length = QueueLength::default();
-        for (step, count) in inner.keys.steps().iter().zip(lengths) {
-            if count > 0 {
-                // A list holds kombu priorities from its step up: report it under the highest
-                // of our priorities it holds (exact with one list per priority).
-                let ours = crate::keys::our_priority(Some(i64::from(*step)));
-                *length.by_priority.entry(ours).or_default() += count;
-                length.total += count;
-            }
-        }
-        Ok(length)
+        Ok(inner.length_from(&lengths))
     }
 
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
@@ -439,6 +445,35 @@ impl Broker for RedisBroker {
     /// Events and remote control on kombu's layout (see `crate::broadcast`).
     fn broadcast(self: Arc<Self>) -> Option<Arc<dyn Broadcast>> {
         Some(self)
+    }
+
+    /// See `crate::backlog` for this and the other backlog methods.
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        self.inner.queue_stats(queue).await
+    }
+
+    async fn delayed(&self, queue: &str, limit: usize) -> Result<Vec<DelayedMessage>, BrokerError> {
+        self.inner.delayed(queue, limit).await
+    }
+
+    async fn run_delayed_now(&self, queue: &str, task_id: &str) -> Result<bool, BrokerError> {
+        self.inner.run_delayed_now(queue, task_id).await
+    }
+
+    async fn requeue_dead_letters(
+        &self,
+        queue: &str,
+        task_ids: Option<&[String]>,
+    ) -> Result<u64, BrokerError> {
+        self.inner.requeue_dead_letters(queue, task_ids).await
+    }
+
+    async fn purge_dead_letters(&self, queue: &str) -> Result<u64, BrokerError> {
+        self.inner.purge_dead_letters(queue).await
+    }
+
+    async fn known_queues(&self) -> Result<KnownQueues, BrokerError> {
+        self.inner.known_queues().await
     }
 }
 

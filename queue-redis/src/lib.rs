@@ -125,6 +125,16 @@
 //! is. Bytes that were not an envelope are kept in a wrapper
 //! `{"x-dead-letter": {"reason": …, "raw": …, "raw_encoding": "utf-8" | "base64"}}`.
 //!
+//! # Backlog (for a monitor)
+//!
+//! [`Broker::queue_stats`](queue_core::Broker::queue_stats) and the other backlog methods
+//! read and move what the layout above holds: the lists, the delayed set and the parked
+//! `unacked` entries it indexes, the dead-letter list, each move one script. Publishes
+//! write a `timestamp` (seconds) into the envelope's properties, which gives the age of
+//! the oldest ready message; Python's messages have none (then only its task id is
+//! known). Known queues are those in kombu's binding tables, plus those with delayed
+//! messages or dead letters. Details in `backlog`.
+//!
 //! # Broadcast (events, remote control)
 //!
 //! [`RedisBroker`] implements [`queue_core::broadcast::Broadcast`] as kombu does on Redis:
@@ -141,6 +151,7 @@
 //! reconnect of the subscriber it reads again. A Python `AsyncResult` reads the same keys.
 
 mod backend;
+mod backlog;
 mod batch;
 mod broadcast;
 mod broker;

@@ -63,6 +63,10 @@ end
     };
 }
 
+/// The Lua function `promote(unacked, index, delayed, first_list_key, per, now_ms)` of
+/// `promote_lua!`, for scripts defined elsewhere (the backlog's).
+pub(crate) const PROMOTE_FUNCTION: &str = promote_lua!();
+
 /// Promotes due delayed messages, then takes up to `max` messages in serving order and
 /// records each in `unacked` (`[envelope, "", queue]`, as kombu does) and `unacked_index`
 /// (score: now) in the same step, so that a taken message is never only in a client's

@@ -21,8 +21,9 @@ pub(crate) struct Encoded {
 
 /// Encodes `message` for `queue`: a fresh `delivery_tag` (kombu keys unacked messages by
 /// it, so every publish needs its own), `delivery_info` naming the queue through the
-/// default exchange, and the priority as kombu's number (`9 - ours`; none: kombu's default
-/// 0, which reads back as our 9).
+/// default exchange, the priority as kombu's number (`9 - ours`; none: kombu's default
+/// 0, which reads back as our 9), and `timestamp`, the time of publication in seconds
+/// (kombu keeps it and ignores it; the backlog reads it for the age of a message).
 pub(crate) fn encode(message: &Message, queue: &str) -> Encoded {
     // No priority at all is kombu's default, 0: the plain list, with Python's own defaults.
     let wire = message.properties.priority.map_or(0, wire_priority);
@@ -39,6 +40,10 @@ pub(crate) fn encode(message: &Message, queue: &str) -> Encoded {
         "delivery_info".to_owned(),
         envelope::delivery_info("", queue),
     );
+    properties.extra.insert(
+        TIMESTAMP.to_owned(),
+        Value::from(crate::broker::now_seconds()),
+    );
     message.headers.extra.remove("redelivered");
     Encoded {
         raw: envelope::encode(&message),
@@ -46,6 +51,9 @@ pub(crate) fn encode(message: &Message, queue: &str) -> Encoded {
         wire_priority: wire,
     }
 }
+
+/// The envelope property holding the time of publication (seconds since the epoch).
+pub(crate) const TIMESTAMP: &str = "timestamp";
 
 /// A fetched element decoded: the message with our priority and without kombu's
 /// redelivered marks, and whether it carried them.
@@ -148,6 +156,23 @@ pub(crate) fn dead_letter_entry(raw: &[u8], reason: &str) -> Vec<u8> {
     let mut wrapper = Map::new();
     wrapper.insert(WRAPPER_KEY.to_owned(), Value::Object(inner));
     serde_json::to_vec(&Value::Object(wrapper)).expect("JSON values always serialize")
+}
+
+/// The raw bytes kept in the wrapper of an undecodable dead letter; `None` for an entry
+/// that is an envelope (or anything else).
+pub(crate) fn unwrap_dead_letter(entry: &[u8]) -> Option<Vec<u8>> {
+    let Ok(Value::Object(wrapper)) = serde_json::from_slice::<Value>(entry) else {
+        return None;
+    };
+    let inner = match (wrapper.len(), wrapper.get(WRAPPER_KEY)) {
+        (1, Some(Value::Object(inner))) => inner,
+        _ => return None,
+    };
+    let text = |key: &str| inner.get(key).and_then(Value::as_str).unwrap_or_default();
+    Some(match text("raw_encoding") {
+        "base64" => STANDARD.decode(text("raw")).unwrap_or_default(),
+        _ => text("raw").as_bytes().to_vec(),
+    })
 }
 
 /// Reads a dead-letter entry back: the reason and the message or raw bytes.
