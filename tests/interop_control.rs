@@ -509,6 +509,30 @@ async fn remote_control(setup: Setup) {
         json!(true)
     );
 
+    // 4b. Python's add_consumer and cancel_consumer steer our worker: a task Python sends
+    // to a queue no one consumed runs here.
+    let extra = format!("interop.ctl.extra.{id}");
+    let steer = script(
+        &setup,
+        format!(
+            "import json\nfrom tasks import app\n\
+             added = app.control.add_consumer({extra:?}, destination=[{rust_node:?}], reply=True, timeout=10)\n\
+             value = app.send_task('tasks.add', args=[20, 22], queue={extra:?}).get(timeout=20)\n\
+             cancelled = app.control.cancel_consumer({extra:?}, destination=[{rust_node:?}], reply=True, timeout=10)\n\
+             print(json.dumps({{'added': added, 'value': value, 'cancelled': cancelled}}))"
+        ),
+    )
+    .await;
+    assert_eq!(
+        steer["added"],
+        json!([{rust_node.as_str(): {"ok": format!("add consumer {extra}")}}])
+    );
+    assert_eq!(steer["value"], json!(42), "{steer}");
+    assert_eq!(
+        steer["cancelled"],
+        json!([{rust_node.as_str(): {"ok": format!("no longer consuming from {extra}")}}])
+    );
+
     // 5. Python's shutdown broadcast to our node stops our worker, and only ours.
     let shutdown = format!(
         "import json\nfrom tasks import app\n\

@@ -158,6 +158,34 @@ impl ConsumeOptions {
         self.prefetch = prefetch;
         self
     }
+
+    /// Adds `queue` after the others (weight 1 in a weighted order); `false` when it is
+    /// there already. What [`Consumer::add_queue`] does to a consumer's options.
+    pub fn add_queue(&mut self, queue: &str) -> bool {
+        if self.queues.iter().any(|known| known == queue) {
+            return false;
+        }
+        if let QueueOrder::Weighted(weights) = &mut self.order {
+            weights.resize(self.queues.len(), 1);
+            weights.push(1);
+        }
+        self.queues.push(queue.to_owned());
+        true
+    }
+
+    /// Removes `queue` (and its weight); `false` when it was not there.
+    pub fn remove_queue(&mut self, queue: &str) -> bool {
+        let Some(index) = self.queues.iter().position(|known| known == queue) else {
+            return false;
+        };
+        self.queues.remove(index);
+        if let QueueOrder::Weighted(weights) = &mut self.order {
+            if index < weights.len() {
+                weights.remove(index);
+            }
+        }
+        true
+    }
 }
 
 /// Identifies a delivery to its broker for ack, reject and renew.
@@ -347,6 +375,25 @@ pub trait Consumer: Send + Sync {
         _replacement: Publish,
     ) -> Result<(), BrokerError> {
         Err(BrokerError::Unsupported("republish_and_ack"))
+    }
+
+    /// Starts consuming `queue` as well, after the queues consumed now (weight 1 in a
+    /// weighted order). `Ok(false)` when it is consumed already. Celery's `add_consumer`.
+    async fn add_queue(&self, _queue: &str) -> Result<bool, BrokerError> {
+        Err(BrokerError::Unsupported("add_queue"))
+    }
+
+    /// Stops consuming `queue`: no new message comes from it, and deliveries already fetched
+    /// from it can still be acked or rejected. `Ok(false)` when it was not consumed.
+    /// Celery's `cancel_consumer`.
+    async fn remove_queue(&self, _queue: &str) -> Result<bool, BrokerError> {
+        Err(BrokerError::Unsupported("remove_queue"))
+    }
+
+    /// Changes how many messages the broker may push ahead of a fetch (AMQP `basic.qos`),
+    /// when the worker's concurrency changes. Brokers that fetch on demand ignore it.
+    async fn set_prefetch(&self, _prefetch: usize) -> Result<(), BrokerError> {
+        Ok(())
     }
 
     /// Tells the broker these messages are still being worked on (renews a visibility

@@ -386,7 +386,7 @@ impl Worker {
             if let Some(broadcast) = broadcast {
                 let context = control::ControlContext {
                     runtime: runtime.clone(),
-                    queues: self.queues.clone(),
+                    queues: std::sync::Mutex::new(self.queues.clone()),
                     prefetch: self.prefetch,
                     heartbeat: self.events.heartbeat,
                     started: std::time::Instant::now(),

@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use queue::{App, ResultError, Signature, TaskContext, TaskError, TaskState, Worker, task};
 
+mod steering;
+pub use steering::consumers_added_and_cancelled_by_remote_control;
+
 /// Long enough that a passing scenario never waits for it.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -383,6 +386,7 @@ macro_rules! e2e_scenarios {
             countdown_runs_after_its_eta,
             cold_shutdown_gives_unfinished_tasks_to_the_next_worker,
             many_tasks_two_workers_every_result_once,
+            consumers_added_and_cancelled_by_remote_control,
         );
     };
     (@tests $urls:expr; $($name:ident,)*) => {

@@ -90,7 +90,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         shared.arrived.notify_waiters();
         let delay = link::backoff(attempt);
         attempt = attempt.saturating_add(1);
-        warn!(queues = ?shared.queues, %error, ?delay, attempt, "consumer lost its channel; reconnecting");
+        warn!(queues = ?shared.lineup().consumed(), %error, ?delay, attempt, "consumer lost its channel; reconnecting");
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
@@ -120,8 +120,9 @@ struct Session {
 
 impl Session {
     fn new(shared: Arc<Shared>, generation: u64) -> Self {
-        let queues = shared.queues.len();
-        let weighted = matches!(shared.order, QueueOrder::Weighted(_)) && queues > 1;
+        let lineup = shared.lineup();
+        let queues = lineup.len();
+        let weighted = matches!(lineup.order, QueueOrder::Weighted(_)) && queues > 1;
         Self {
             shared,
             generation,
@@ -142,13 +143,13 @@ impl Session {
     async fn run(&mut self, attempt: &mut u32) -> Result<(), AmqpError> {
         self.open().await?;
         if *attempt > 0 {
-            info!(queues = ?self.shared.queues, "consumer reconnected");
+            info!(queues = ?self.shared.lineup().consumed(), "consumer reconnected");
         }
         *attempt = 0;
         let mut tick = tokio::time::interval(DRY_AFTER / 2);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let gating = !self.weighted && self.shared.queues.len() > 1;
         loop {
+            let gating = !self.weighted && self.tags.len() > 1;
             tokio::select! {
                 item = self.streams.next() => match item {
                     Some((queue, _, Some(Ok(delivery)))) => {
@@ -161,7 +162,7 @@ impl Session {
                     }
                     Some((queue, _, Some(Err(error)))) => {
                         return Err(AmqpError::operation(
-                            format!("consuming {}", self.shared.queues[queue]),
+                            format!("consuming {}", self.shared.lineup().name(queue)),
                             error,
                         ));
                     }
@@ -178,12 +179,13 @@ impl Session {
     /// Declares the queues, opens the channel and starts consuming.
     async fn open(&mut self) -> Result<(), AmqpError> {
         let broker = &self.shared.broker;
-        for queue in &self.shared.queues {
+        let lineup = self.shared.lineup();
+        for queue in lineup.consumed() {
             broker.topology.ensure_queue(queue).await?;
         }
         let (channel, _) = broker.consume_link.channel().await?;
         if self.weighted {
-            let prefetch = self.shared.cap.unwrap_or(WEIGHTED_DEFAULT_PREFETCH);
+            let prefetch = self.shared.cap().unwrap_or(WEIGHTED_DEFAULT_PREFETCH);
             qos(&channel, prefetch, false).await?;
         } else {
             self.limit = self.target();
@@ -193,15 +195,21 @@ impl Session {
             .lock()
             .reset(self.generation, Some(channel.clone()));
         self.channel = Some(channel);
-        let initial = if self.weighted {
-            self.shared.queues.len()
+        if self.weighted {
+            for queue in 0..lineup.len() {
+                self.consume(queue).await?;
+            }
         } else {
-            1
-        };
-        for queue in 0..initial {
-            self.consume(queue).await?;
+            // The first queue still wanted (removed ones before it are passed over).
+            for queue in 0..lineup.len() {
+                self.consume(queue).await?;
+                if self.tags[queue].is_some() {
+                    break;
+                }
+            }
         }
-        Ok(())
+        // Whatever changed before this channel opened, it follows.
+        self.follow_lineup().await
     }
 
     fn channel(&self) -> Result<&Channel, AmqpError> {
@@ -211,6 +219,16 @@ impl Session {
     }
 
     async fn consume(&mut self, queue: usize) -> Result<(), AmqpError> {
+        let lineup = self.shared.lineup();
+        if self.tags.len() < lineup.len() {
+            self.tags.resize(lineup.len(), None);
+        }
+        if !lineup.wanted(queue) {
+            // Removed (`cancel_consumer`): passed over, in its place in the order.
+            self.active = self.active.max(queue + 1);
+            self.dry_since = None;
+            return Ok(());
+        }
         self.consumers_started += 1;
         let tag = format!(
             "queue-amqp.{}.{}.{}.{}",
@@ -219,7 +237,7 @@ impl Session {
             queue,
             self.consumers_started
         );
-        let name = &self.shared.queues[queue];
+        let name = lineup.name(queue);
         let consumer = self
             .channel()?
             .basic_consume(
@@ -246,16 +264,52 @@ impl Session {
     /// buffered, and are fetched after the higher queues' ones).
     async fn cancel_below(&mut self, keep: usize) -> Result<(), AmqpError> {
         for queue in (keep..self.active).rev() {
-            if let Some((tag, _)) = self.tags[queue].take() {
-                self.channel()?
-                    .basic_cancel(&tag, BasicCancelOptions::default())
-                    .await
-                    .map_err(|error| AmqpError::operation("basic.cancel", error))?;
-                debug!(queue = %self.shared.queues[queue], "higher queue has messages: paused");
+            if self.cancel(queue).await? {
+                debug!(queue = %self.shared.lineup().name(queue), "higher queue has messages: paused");
             }
         }
         self.active = keep;
         self.dry_since = None;
+        Ok(())
+    }
+
+    /// Cancels the consumer of `queue`, if it has one; what it pushed stays buffered.
+    async fn cancel(&mut self, queue: usize) -> Result<bool, AmqpError> {
+        let Some((tag, _)) = self.tags.get_mut(queue).and_then(Option::take) else {
+            return Ok(false);
+        };
+        self.channel()?
+            .basic_cancel(&tag, BasicCancelOptions::default())
+            .await
+            .map_err(|error| AmqpError::operation("basic.cancel", error))?;
+        Ok(true)
+    }
+
+    /// Follows `add_queue` / `remove_queue`: consumes a queue added back inside the
+    /// consumed range (weighted order: any added queue) and cancels a removed one. A new
+    /// queue in strict order comes last and is consumed when those before it are dry.
+    async fn follow_lineup(&mut self) -> Result<(), AmqpError> {
+        let lineup = self.shared.lineup();
+        if self.tags.len() < lineup.len() {
+            self.tags.resize(lineup.len(), None);
+        }
+        if self.weighted {
+            self.active = lineup.len();
+        }
+        for queue in 0..self.active {
+            let consumed = self.tags[queue].is_some();
+            if lineup.wanted(queue) && !consumed {
+                self.consume(queue).await?;
+            } else if !lineup.wanted(queue) && consumed {
+                self.cancel(queue).await?;
+                debug!(queue = %lineup.name(queue), "no longer consumed");
+            }
+        }
+        self.shared.applied.send_if_modified(|seen| {
+            let newer = *seen < lineup.version;
+            *seen = (*seen).max(lineup.version);
+            newer
+        });
         Ok(())
     }
 
@@ -267,7 +321,7 @@ impl Session {
             // Not cancelled by us: the queue was deleted, or the channel closed.
             return Err(AmqpError::Config(format!(
                 "RabbitMQ stopped the consumer of {}",
-                self.shared.queues[queue]
+                self.shared.lineup().name(queue)
             )));
         }
         Ok(())
@@ -280,7 +334,7 @@ impl Session {
             &self.shared.broker.config.delay_prefix,
         );
         if let Err(undecodable) = &content {
-            warn!(queue = %self.shared.queues[queue], error = %undecodable.error, "undecodable message");
+            warn!(queue = %self.shared.lineup().name(queue), error = %undecodable.error, "undecodable message");
         }
         let saturated = {
             let mut state = self.shared.lock();
@@ -318,7 +372,7 @@ impl Session {
     fn target(&self) -> u16 {
         let state = self.shared.lock();
         let wanted = state.handed().saturating_add(state.demand).max(1);
-        let capped = match self.shared.cap {
+        let capped = match self.shared.cap() {
             Some(cap) => wanted.min(usize::from(cap)),
             None => wanted,
         };
@@ -327,6 +381,7 @@ impl Session {
 
     /// Adjusts the prefetch and the consumed queues after any event.
     async fn control(&mut self) -> Result<(), AmqpError> {
+        self.follow_lineup().await?;
         if self.weighted {
             return Ok(());
         }
@@ -352,7 +407,7 @@ impl Session {
                 self.cancel_below(keep).await?;
             }
         }
-        let queues = self.shared.queues.len();
+        let queues = self.tags.len();
         let (demand, outstanding, higher_empty) = {
             let state = self.shared.lock();
             let higher_empty = state.buffers[..self.active].iter().all(|b| b.is_empty());
@@ -369,8 +424,12 @@ impl Session {
         }
         if !spare && self.active > 1 && now - self.last_poll >= BACKLOG_POLL {
             self.last_poll = now;
+            let lineup = self.shared.lineup();
             for queue in 0..self.active - 1 {
-                let name = &self.shared.queues[queue];
+                if !lineup.wanted(queue) {
+                    continue;
+                }
+                let name = lineup.name(queue);
                 let ready = self
                     .shared
                     .broker

@@ -7,17 +7,18 @@
 //! See [`driver`] for how prefetch and the queue order work together.
 
 pub mod driver;
+mod lineup;
 mod settle;
 mod state;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, FixedOffset};
 use queue_core::broker::{
-    BrokerError, ConsumeOptions, Consumer, DEAD_LETTER_REASON_HEADER, Delivery, QueueOrder,
+    BrokerError, ConsumeOptions, Consumer, DEAD_LETTER_REASON_HEADER, Delivery,
 };
 use queue_core::protocol::time;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -30,16 +31,19 @@ use crate::error::AmqpError;
 use crate::publisher::Outgoing;
 use crate::topology::{delay_entry, delay_routing_key};
 use crate::wire;
+use lineup::Lineup;
 use settle::{Kind, Settle};
 use state::{State, decode_tag};
 
 /// What the consumer's handle, its driver and its settling task share.
 pub(crate) struct Shared {
     pub(crate) broker: Arc<BrokerInner>,
-    pub(crate) queues: Vec<String>,
-    pub(crate) order: QueueOrder,
-    /// The prefetch hint (most messages pushed ahead), if the worker gave one.
-    pub(crate) cap: Option<u16>,
+    /// The queues, replaced (copy on write) when one is added or removed.
+    lineup: Mutex<Arc<Lineup>>,
+    /// The prefetch hint (most messages pushed ahead); 0: none given.
+    cap: AtomicUsize,
+    /// The lineup version the driver's consumers follow (consumed and cancelled).
+    pub(crate) applied: tokio::sync::watch::Sender<u64>,
     state: Mutex<State>,
     /// Deliveries arrived or the channel changed: fetches look again.
     pub(crate) arrived: Notify,
@@ -51,6 +55,9 @@ pub(crate) struct Shared {
     settle: mpsc::Sender<Settle>,
 }
 
+/// How long a change of the queues waits for the driver to apply it.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+
 /// Settle operations waiting for the settling task at most (one batch of frames).
 pub const SETTLE_QUEUE: usize = settle::BATCH;
 
@@ -59,6 +66,52 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The queues now.
+    pub(crate) fn lineup(&self) -> Arc<Lineup> {
+        self.lineup
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The prefetch hint, if the worker gave one.
+    pub(crate) fn cap(&self) -> Option<u16> {
+        match self.cap.load(Ordering::Acquire) {
+            0 => None,
+            cap => Some(u16::try_from(cap).unwrap_or(u16::MAX)),
+        }
+    }
+
+    /// Applies `change` to the queues; on a change, the buffers grow to the new queues and
+    /// the driver consumes or cancels accordingly. Returns once RabbitMQ was told (or, while
+    /// the channel is down, after [`APPLY_WAIT`]: the next channel consumes the new set).
+    async fn change_lineup(&self, change: impl FnOnce(&mut Lineup) -> bool) -> bool {
+        let mut applied = self.applied.subscribe();
+        let version = {
+            let mut lineup = self
+                .lineup
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut next = Lineup::clone(&lineup);
+            if !change(&mut next) {
+                return false;
+            }
+            self.lock().grow(next.len());
+            info!(queues = ?next.consumed(), "consuming changed queues");
+            let version = next.version;
+            *lineup = Arc::new(next);
+            version
+        };
+        self.demand_changed.notify_one();
+        if tokio::time::timeout(APPLY_WAIT, applied.wait_for(|seen| *seen >= version))
+            .await
+            .is_err()
+        {
+            warn!("the consumer's channel is down: the queues change when it is back");
+        }
+        true
     }
 }
 
@@ -103,9 +156,9 @@ impl AmqpConsumer {
                 options.queues.len(),
                 driver::weighted_prefetch(&options.order, options.queues.len(), cap),
             )),
-            queues: options.queues,
-            order: options.order,
-            cap,
+            lineup: Mutex::new(Arc::new(Lineup::new(&options))),
+            cap: AtomicUsize::new(cap.map_or(0, usize::from)),
+            applied: tokio::sync::watch::Sender::new(0),
             arrived: Notify::new(),
             demand_changed: Notify::new(),
             shutdown: CancellationToken::new(),
@@ -215,7 +268,8 @@ impl Consumer for AmqpConsumer {
                 if state.closed {
                     return Err(BrokerError::Closed);
                 }
-                let taken = state.take(max, &self.shared.queues, &self.shared.order);
+                let lineup = self.shared.lineup();
+                let taken = state.take(max, lineup.names(), &lineup.order);
                 if !taken.is_empty() {
                     demand.satisfied(&mut state);
                     return Ok(taken);
@@ -298,6 +352,29 @@ impl Consumer for AmqpConsumer {
         self.ack(delivery).await
     }
 
+    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        if self.shared.lineup().consumed().contains(&queue) {
+            return Ok(false);
+        }
+        self.shared.broker.topology.ensure_queue(queue).await?;
+        Ok(self.shared.change_lineup(|lineup| lineup.add(queue)).await)
+    }
+
+    async fn remove_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        Ok(self
+            .shared
+            .change_lineup(|lineup| lineup.remove(queue))
+            .await)
+    }
+
+    async fn set_prefetch(&self, prefetch: usize) -> Result<(), BrokerError> {
+        self.shared
+            .cap
+            .store(prefetch.min(usize::from(u16::MAX)), Ordering::Release);
+        self.shared.demand_changed.notify_one();
+        Ok(())
+    }
+
     async fn close(&self) -> Result<(), BrokerError> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
@@ -340,7 +417,7 @@ async fn close(shared: &Arc<Shared>, tasks: Vec<JoinHandle<()>>) {
     };
     if let Some(channel) = channel {
         if let Err(error) = channel.close(200, "consumer closed").await {
-            warn!(queues = ?shared.queues, %error, "closing the consumer channel failed");
+            warn!(queues = ?shared.lineup().consumed(), %error, "closing the consumer channel failed");
         }
     }
 }

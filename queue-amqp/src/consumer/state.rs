@@ -106,6 +106,14 @@ impl State {
             .for_each(|(unsettled, _)| *unsettled = 0);
     }
 
+    /// Makes room for queues added to the consumer (up to `queues` in all).
+    pub(crate) fn grow(&mut self, queues: usize) {
+        if self.buffers.len() < queues {
+            self.buffers.resize_with(queues, VecDeque::new);
+            self.per_queue.resize(queues, (0, Instant::now()));
+        }
+    }
+
     /// Deliveries handed to the worker and not settled.
     pub(crate) fn handed(&self) -> usize {
         self.outstanding.len() - self.buffered

@@ -206,6 +206,7 @@ macro_rules! __broker_checks {
             purge_removes_ready,
             batch_delivered_exactly_once,
             republish_and_ack_replaces_the_original,
+            queues_added_and_removed_while_consuming,
         }
     };
 }

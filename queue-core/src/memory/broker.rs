@@ -263,7 +263,7 @@ impl Broker for MemoryBroker {
         }
         Ok(Arc::new(MemoryConsumer {
             broker: self.clone(),
-            options,
+            options: Mutex::new(options),
             unacked: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
         }))
@@ -367,7 +367,8 @@ impl Broker for MemoryBroker {
 
 struct MemoryConsumer {
     broker: MemoryBroker,
-    options: ConsumeOptions,
+    /// Changed by `add_queue` / `remove_queue` while the consumer runs.
+    options: Mutex<ConsumeOptions>,
     unacked: Mutex<HashMap<u64, (String, Stored)>>,
     closed: AtomicBool,
 }
@@ -389,8 +390,12 @@ impl MemoryConsumer {
 
     fn take_ready(&self, state: &mut State, max: usize) -> Vec<(String, Stored)> {
         let mut taken = Vec::new();
-        let queues = &self.options.queues;
-        match &self.options.order {
+        let options = self
+            .options
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let queues = &options.queues;
+        match &options.order {
             QueueOrder::Strict => {
                 for queue in queues {
                     let Some(ready) = state.queues.get_mut(queue) else {
@@ -556,6 +561,25 @@ impl Consumer for MemoryConsumer {
         self.take_unacked(delivery)?;
         self.broker.put(vec![replacement]);
         Ok(())
+    }
+
+    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        let added = self
+            .options
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .add_queue(queue);
+        // A fetch waiting on the old queues looks again, now at this one too.
+        self.broker.shared.changed.notify_waiters();
+        Ok(added)
+    }
+
+    async fn remove_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        Ok(self
+            .options
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove_queue(queue))
     }
 
     async fn close(&self) -> Result<(), BrokerError> {

@@ -18,7 +18,7 @@ mod replace;
 mod take;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -60,17 +60,13 @@ pub(crate) struct RedisConsumer {
 
 pub(crate) struct Shared {
     pub(crate) broker: Arc<BrokerInner>,
-    /// One per list, in the order of `lists`: they wake `wake` when a list gets a message.
-    watchers: Vec<Arc<Watcher>>,
-    /// Notified by a watcher, or by `close`.
+    /// Notified by a watcher, or by `close`, or when the queues change.
     wake: Arc<Notify>,
-    queues: Vec<String>,
-    order: QueueOrder,
-    /// Every list of every queue, queue by queue, each queue's lists in serving order.
-    lists: Vec<String>,
+    /// What is consumed now; each take reads one snapshot (`add_queue` / `remove_queue`
+    /// replace it).
+    lanes: Mutex<Arc<Lanes>>,
     /// Lists per queue.
     per: usize,
-    delayed: Vec<String>,
     /// What this consumer holds: fetched and not yet acked, rejected, deferred or
     /// dead-lettered.
     held: Mutex<HashMap<String, Held>>,
@@ -78,10 +74,12 @@ pub(crate) struct Shared {
     stash: Mutex<VecDeque<Delivery>>,
     /// One fetch at a time: a take and the wait after it go together.
     fetching: tokio::sync::Mutex<()>,
+    /// One change of the queues at a time.
+    changing: tokio::sync::Mutex<()>,
     closed: AtomicBool,
     sequence: AtomicU64,
     /// Most messages held at once, counting those taken ahead (0: no reading ahead).
-    prefetch: usize,
+    prefetch: AtomicUsize,
     reading_ahead: AtomicBool,
     /// Whether the last take left the queues empty.
     drained: AtomicBool,
@@ -89,11 +87,58 @@ pub(crate) struct Shared {
     next_due: AtomicI64,
 }
 
+/// The queues a consumer consumes, with their keys.
+pub(crate) struct Lanes {
+    queues: Vec<String>,
+    order: QueueOrder,
+    /// Every list of every queue, queue by queue, each queue's lists in serving order.
+    lists: Vec<String>,
+    delayed: Vec<String>,
+    /// One per list, in the order of `lists`: they wake `Shared::wake` when a list gets a
+    /// message.
+    watchers: Vec<Arc<Watcher>>,
+}
+
+impl Lanes {
+    async fn new(broker: &BrokerInner, options: &ConsumeOptions) -> Result<Self, BrokerError> {
+        let keys = &broker.keys;
+        let lists: Vec<String> = options
+            .queues
+            .iter()
+            .flat_map(|queue| keys.lists(queue))
+            .collect();
+        let watchers = futures::future::try_join_all(
+            lists
+                .iter()
+                .map(|list| broker.watchers.get(&broker.options, list)),
+        )
+        .await?;
+        let delayed = options
+            .queues
+            .iter()
+            .map(|queue| keys.delayed(queue))
+            .collect();
+        Ok(Self {
+            queues: options.queues.clone(),
+            order: options.order.clone(),
+            lists,
+            delayed,
+            watchers,
+        })
+    }
+
+    fn options(&self) -> ConsumeOptions {
+        ConsumeOptions::new(self.queues.clone()).order(self.order.clone())
+    }
+}
+
 /// A held message: where it came from and its bytes as stored, to give it back.
 #[derive(Clone)]
 pub(crate) struct Held {
-    /// Index into `lists`.
-    list: usize,
+    /// The queue it was taken from.
+    queue: Arc<str>,
+    /// Index of its list among the queue's lists (kombu's priority steps).
+    lane: usize,
     raw: Vec<u8>,
     /// Whether it is recorded in `unacked` (elements that are not JSON objects are not).
     recorded: bool,
@@ -112,44 +157,25 @@ impl RedisConsumer {
         broker: Arc<BrokerInner>,
         options: ConsumeOptions,
     ) -> Result<Self, BrokerError> {
-        let keys = &broker.keys;
-        let lists: Vec<String> = options
-            .queues
-            .iter()
-            .flat_map(|queue| keys.lists(queue))
-            .collect();
-        let watchers = futures::future::try_join_all(
-            lists
-                .iter()
-                .map(|list| broker.watchers.get(&broker.options, list)),
-        )
-        .await?;
-        let delayed = options
-            .queues
-            .iter()
-            .map(|queue| keys.delayed(queue))
-            .collect();
+        let lanes = Lanes::new(&broker, &options).await?;
         let shared = Arc::new(Shared {
-            per: keys.steps().len(),
+            per: broker.keys.steps().len(),
             broker,
-            watchers,
             wake: Arc::new(Notify::new()),
-            queues: options.queues,
-            order: options.order,
-            lists,
-            delayed,
+            lanes: Mutex::new(Arc::new(lanes)),
             held: Mutex::new(HashMap::new()),
             stash: Mutex::new(VecDeque::new()),
             fetching: tokio::sync::Mutex::new(()),
+            changing: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
             sequence: AtomicU64::new(0),
-            prefetch: options.prefetch,
+            prefetch: AtomicUsize::new(options.prefetch),
             reading_ahead: AtomicBool::new(false),
             drained: AtomicBool::new(false),
             next_due: AtomicI64::new(i64::MAX),
         });
         tokio::spawn(maintain(Arc::downgrade(&shared)));
-        debug!(queues = ?shared.queues, "consuming");
+        debug!(queues = ?options.queues, "consuming");
         Ok(Self { shared })
     }
 }
@@ -202,6 +228,39 @@ async fn maintain(shared: Weak<Shared>) {
 }
 
 impl Shared {
+    pub(super) fn lanes(&self) -> Arc<Lanes> {
+        lock(&self.lanes).clone()
+    }
+
+    /// The list a held message goes back to.
+    fn list_of(&self, held: &Held) -> String {
+        let keys = &self.broker.keys;
+        let step = keys.steps().get(held.lane).copied().unwrap_or(0);
+        keys.list(&held.queue, step)
+    }
+
+    /// Replaces what is consumed by `change` applied to the current queues; wakes a
+    /// waiting fetch so that it takes from the new set. `false` when nothing changed.
+    async fn change_queues(
+        &self,
+        change: impl FnOnce(&mut ConsumeOptions) -> bool,
+    ) -> Result<bool, BrokerError> {
+        // One change at a time, so that two do not both start from the same snapshot.
+        let _guard = self.changing.lock().await;
+        let mut options = self.lanes().options();
+        if !change(&mut options) {
+            return Ok(false);
+        }
+        let lanes = Lanes::new(&self.broker, &options).await?;
+        *lock(&self.lanes) = Arc::new(lanes);
+        self.drained.store(false, Ordering::Release);
+        // Due at once: the next fetch takes (and promotes the new queues' delayed messages).
+        self.next_due.store(0, Ordering::Release);
+        self.wake.notify_one();
+        info!(queues = ?options.queues, "consuming changed queues");
+        Ok(true)
+    }
+
     fn release(&self, delivery: &Delivery) -> Result<(String, Held), BrokerError> {
         let DeliveryTag::Text(tag) = &delivery.tag else {
             return Err(BrokerError::Refused(format!(
@@ -297,7 +356,7 @@ impl Shared {
             .iter()
             .map(|(tag, held)| {
                 let payload = wire::mark_redelivered(&held.raw);
-                Self::group("R", tag, held, self.lists[held.list].clone(), payload)
+                Self::group("R", tag, held, self.list_of(held), payload)
             })
             .collect();
         let count = held.len();
@@ -321,7 +380,7 @@ impl Shared {
         // Wake a waiting fetch, then wait for it: what it took is then held.
         self.wake.notify_one();
         let _guard = self.fetching.lock().await;
-        for watcher in &self.watchers {
+        for watcher in &self.lanes().watchers {
             watcher.deregister(&self.wake);
         }
         // Writes go out in order: the mark comes back when those before it are done.
@@ -397,7 +456,7 @@ impl Consumer for RedisConsumer {
         }
         // kombu requeues a rejected message at the tail (LPUSH): it does not jump the queue.
         let payload = wire::mark_redelivered(&held.raw);
-        let destination = shared.lists[held.list].clone();
+        let destination = shared.list_of(&held);
         shared
             .move_out(vec![Shared::group("L", &tag, &held, destination, payload)])
             .await
@@ -441,6 +500,23 @@ impl Consumer for RedisConsumer {
 
     async fn renew(&self, deliveries: &[DeliveryTag]) -> Result<(), BrokerError> {
         self.shared.renew_tags(deliveries).await
+    }
+
+    async fn set_prefetch(&self, prefetch: usize) -> Result<(), BrokerError> {
+        self.shared.prefetch.store(prefetch, Ordering::Release);
+        Ok(())
+    }
+
+    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        self.shared
+            .change_queues(|options| options.add_queue(queue))
+            .await
+    }
+
+    async fn remove_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        self.shared
+            .change_queues(|options| options.remove_queue(queue))
+            .await
     }
 
     async fn close(&self) -> Result<(), BrokerError> {

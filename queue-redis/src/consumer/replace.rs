@@ -29,17 +29,17 @@ impl Shared {
             }
         }
         let (tag, held) = self.release(delivery)?;
-        let queue = held.list / self.per;
-        let lane = held.list % self.per + 1;
+        let queue = &held.queue;
+        let lane = held.lane + 1;
         let index_score = delay::index_score(due_ms, self.broker.options.visibility_timeout);
         let member = delay::member(lane, &index_score, held.raw.len(), &tag);
         // Wake this consumer's own wait when it is due (and this process's promoter).
         self.next_due.fetch_min(due_ms, Ordering::AcqRel);
-        self.broker.promoter.add(&self.queues[queue], due_ms);
+        self.broker.promoter.add(queue, due_ms);
         self.move_out(vec![[
             Value::from("P"),
             Value::from(tag),
-            Value::from(self.delayed[queue].clone()),
+            Value::from(self.broker.keys.delayed(queue)),
             Value::from(member),
             Value::from(due_ms.to_string()),
             Value::from(index_score),
@@ -126,7 +126,7 @@ impl Shared {
                 }
                 if let Some(due_ms) = due {
                     broker.promoter.add(queue, due_ms);
-                    if self.queues.iter().any(|ours| ours == queue) {
+                    if self.lanes().queues.iter().any(|ours| ours == queue) {
                         self.next_due.fetch_min(due_ms, Ordering::AcqRel);
                     }
                 }

@@ -25,6 +25,7 @@ impl Shared {
     pub(super) fn read_ahead(self: Arc<Self>) {
         let room = self
             .prefetch
+            .load(Ordering::Acquire)
             .saturating_sub(lock(&self.held).len())
             .min(MAX_BATCH);
         // Nothing to read ahead from queues the last take emptied.
@@ -38,6 +39,7 @@ impl Shared {
             let guard = self.fetching.lock().await;
             let room = self
                 .prefetch
+                .load(Ordering::Acquire)
                 .saturating_sub(lock(&self.held).len())
                 .min(MAX_BATCH);
             if room > 0 && !self.closed.load(Ordering::Acquire) {
@@ -55,11 +57,6 @@ impl Shared {
         let mut stash = lock(&self.stash);
         let count = stash.len().min(max);
         stash.drain(..count).collect()
-    }
-
-    /// Queue indexes in the order to serve them for one message.
-    pub(super) fn sequence(&self) -> Vec<usize> {
-        self.order.sequence(self.queues.len())
     }
 
     pub(super) async fn fetch_locked(
@@ -103,13 +100,14 @@ impl Shared {
     /// Waits until a watcher of our lists sees a message, `close` is called, or `block`
     /// passed. A wake-up left over from an earlier wait only means one take more.
     async fn wait_for_messages(&self, block: Duration) {
-        for watcher in &self.watchers {
+        let lanes = self.lanes();
+        for watcher in &lanes.watchers {
             watcher.register(&self.wake);
         }
         if !self.closed.load(Ordering::Acquire) {
             let _ = tokio::time::timeout(block, self.wake.notified()).await;
         }
-        for watcher in &self.watchers {
+        for watcher in &lanes.watchers {
             watcher.deregister(&self.wake);
         }
     }
@@ -129,11 +127,18 @@ impl Shared {
     /// one step. Returns them, and notes when the next delayed message is due (ms).
     pub(super) async fn claim(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
         let broker = &self.broker;
-        let queue_count = self.queues.len();
-        let mut keys = Vec::with_capacity(2 + self.lists.len());
+        let lanes = self.lanes();
+        let queue_count = lanes.queues.len();
+        if queue_count == 0 {
+            // Every queue cancelled: nothing to take until one is added.
+            self.drained.store(true, Ordering::Release);
+            self.next_due.store(i64::MAX, Ordering::Release);
+            return Ok(Vec::new());
+        }
+        let mut keys = Vec::with_capacity(2 + lanes.lists.len());
         keys.push(broker.keys.unacked.clone());
         keys.push(broker.keys.unacked_index.clone());
-        keys.extend(self.lists.iter().cloned());
+        keys.extend(lanes.lists.iter().cloned());
         let mut args: Vec<Value> = Vec::with_capacity(8 + 2 * queue_count);
         args.push(Value::from(max as i64));
         args.push(Value::from(index_score()));
@@ -141,12 +146,14 @@ impl Shared {
         args.push(Value::from(self.per as i64));
         args.push(Value::from(queue_count as i64));
         args.push(Value::from(now_ms()));
-        args.extend(self.queues.iter().map(|queue| Value::from(queue.as_str())));
-        args.extend(self.delayed.iter().map(|key| Value::from(key.as_str())));
-        let sequences: Vec<Vec<usize>> = match self.order {
+        args.extend(lanes.queues.iter().map(|queue| Value::from(queue.as_str())));
+        args.extend(lanes.delayed.iter().map(|key| Value::from(key.as_str())));
+        let sequences: Vec<Vec<usize>> = match &lanes.order {
             QueueOrder::Strict => vec![(0..queue_count).collect()],
             // A fresh weighted order per message, so one fetch does not drain one queue.
-            QueueOrder::Weighted(_) => (0..max).map(|_| self.sequence()).collect(),
+            order @ QueueOrder::Weighted(_) => {
+                (0..max).map(|_| order.sequence(queue_count)).collect()
+            }
         };
         args.push(Value::from(sequences.len() as i64));
         for sequence in sequences {
@@ -174,14 +181,22 @@ impl Shared {
                 .map(|tag| tag.into_owned())
                 .unwrap_or_default();
             let raw = triple[2].as_bytes().unwrap_or_default().to_vec();
-            deliveries.push(self.deliver(list.min(self.lists.len() - 1), tag, raw));
+            let list = list.min(lanes.lists.len() - 1);
+            let queue: Arc<str> = lanes.queues[list / self.per].as_str().into();
+            deliveries.push(self.deliver(queue, list % self.per, tag, raw));
         }
         Ok(deliveries)
     }
 
     /// Makes a delivery of a taken element and holds it. An empty tag means the element is
     /// not recorded in `unacked`; it gets a tag of this process.
-    pub(super) fn deliver(&self, list: usize, tag: String, raw: Vec<u8>) -> Delivery {
+    pub(super) fn deliver(
+        &self,
+        queue: Arc<str>,
+        lane: usize,
+        tag: String,
+        raw: Vec<u8>,
+    ) -> Delivery {
         let recorded = !tag.is_empty();
         let tag = if recorded {
             tag
@@ -193,7 +208,8 @@ impl Shared {
         lock(&self.held).insert(
             tag.clone(),
             Held {
-                list,
+                queue: queue.clone(),
+                lane,
                 raw,
                 recorded,
                 sequence,
@@ -201,7 +217,7 @@ impl Shared {
         );
         Delivery {
             tag: DeliveryTag::Text(tag),
-            queue: self.queues[list / self.per].clone(),
+            queue: queue.to_string(),
             redelivered,
             content,
         }

@@ -25,10 +25,11 @@ mod steer;
 
 use report::{python_str, queue_info};
 
-/// What the control commands report about the worker, fixed at its start.
+/// What the control commands report about the worker and change in it.
 pub(crate) struct ControlContext {
     pub(crate) runtime: Arc<Runtime>,
-    pub(crate) queues: Vec<String>,
+    /// The queues consumed, changed by `add_consumer` / `cancel_consumer`.
+    pub(crate) queues: std::sync::Mutex<Vec<String>>,
     pub(crate) prefetch: usize,
     pub(crate) heartbeat: Duration,
     pub(crate) started: Instant,
@@ -155,6 +156,13 @@ impl ControlContext {
         &self.runtime.config.node_name
     }
 
+    fn queues(&self) -> Vec<String> {
+        self.queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     async fn handle(&self, broadcast: &dyn Broadcast, message: BroadcastMessage) {
         let clock = self.runtime.events.clock();
         if let Some(theirs) = message.headers.get("clock").and_then(Value::as_u64) {
@@ -171,7 +179,7 @@ impl ControlContext {
             return;
         }
         debug!(method = %request.method, "control request");
-        let Some(reply) = self.answer(&request) else {
+        let Some(reply) = self.answer(&request).await else {
             return;
         };
         let Some(message) = reply_message(self.node(), &request, reply, clock.forward()) else {
@@ -186,7 +194,7 @@ impl ControlContext {
     }
 
     /// The reply to `request`; `None` for commands that do not reply (`shutdown`).
-    fn answer(&self, request: &Request) -> Option<Value> {
+    async fn answer(&self, request: &Request) -> Option<Value> {
         let arguments = &request.arguments;
         let runtime = &self.runtime;
         Some(match request.method.as_str() {
@@ -204,9 +212,14 @@ impl ControlContext {
             }
             "stats" => self.stats(),
             "registered" => self.registered(arguments),
-            "active_queues" => {
-                Value::Array(self.queues.iter().map(|queue| queue_info(queue)).collect())
-            }
+            "active_queues" => Value::Array(
+                self.queues()
+                    .iter()
+                    .map(|queue| queue_info(queue))
+                    .collect(),
+            ),
+            "add_consumer" => self.add_consumer(arguments).await,
+            "cancel_consumer" => self.cancel_consumer(arguments).await,
             "active" => self.held(true),
             "reserved" => self.held(false),
             // The broker holds tasks waiting for their eta (they are not in this worker).
@@ -216,10 +229,12 @@ impl ControlContext {
             "rate_limit" => self.rate_limit(arguments),
             "pool_grow" => {
                 runtime.slots.grow(count(arguments, "n").unwrap_or(1));
+                self.resized().await;
                 ok("pool will grow")
             }
             "pool_shrink" => {
                 runtime.slots.shrink(count(arguments, "n").unwrap_or(1));
+                self.resized().await;
                 ok("pool will shrink")
             }
             // No autoscaler: the pool takes `max` slots (what an autoscaler at full load
@@ -227,6 +242,7 @@ impl ControlContext {
             "autoscale" => match (count(arguments, "max"), count(arguments, "min")) {
                 (Some(max), min) => {
                     runtime.slots.resize(max);
+                    self.resized().await;
                     ok(format!("autoscale now max={max} min={}", min.unwrap_or(0)))
                 }
                 (None, _) => error("autoscale needs max"),

@@ -1,4 +1,5 @@
-//! The commands that steer a worker: `revoke`, `rate_limit`, `time_limit`.
+//! The commands that steer a worker: `revoke`, `rate_limit`, `time_limit`,
+//! `add_consumer`, `cancel_consumer`, and what a pool resize tells the broker.
 
 use std::time::Duration;
 
@@ -128,6 +129,74 @@ impl ControlContext {
         ok("time limits set successfully")
     }
 
+    /// `add_consumer {queue}`: declares the queue and consumes it too, after the others.
+    /// Celery's `exchange`, `exchange_type` and `routing_key` are not used: our queues are
+    /// bound by name (the exchange and routing key of the default direct exchange).
+    pub(super) async fn add_consumer(&self, arguments: &Map<String, Value>) -> Value {
+        let Some(queue) = queue_argument(arguments) else {
+            return error("add_consumer needs a queue");
+        };
+        let runtime = &self.runtime;
+        if let Err(declare_error) = runtime.app.broker().declare_queue(&queue).await {
+            warn!(%declare_error, queue, "add_consumer: declaring the queue failed");
+            return error(format!("cannot declare {queue}: {declare_error}"));
+        }
+        match runtime.consumer.add_queue(&queue).await {
+            Ok(added) => {
+                let mut queues = self
+                    .queues
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if !queues.contains(&queue) {
+                    queues.push(queue.clone());
+                }
+                if added {
+                    info!(queue, "consuming a queue more (remote control)");
+                    ok(format!("add consumer {queue}"))
+                } else {
+                    ok(format!("already consuming from {queue}"))
+                }
+            }
+            Err(broker_error) => {
+                warn!(%broker_error, queue, "add_consumer failed");
+                error(format!("cannot consume {queue}: {broker_error}"))
+            }
+        }
+    }
+
+    /// `cancel_consumer {queue}`: no new message comes from the queue; tasks of it already
+    /// fetched run to their end.
+    pub(super) async fn cancel_consumer(&self, arguments: &Map<String, Value>) -> Value {
+        let Some(queue) = queue_argument(arguments) else {
+            return error("cancel_consumer needs a queue");
+        };
+        match self.runtime.consumer.remove_queue(&queue).await {
+            Ok(removed) => {
+                self.queues
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .retain(|known| *known != queue);
+                if removed {
+                    info!(queue, "no longer consuming a queue (remote control)");
+                }
+                ok(format!("no longer consuming from {queue}"))
+            }
+            Err(broker_error) => {
+                warn!(%broker_error, queue, "cancel_consumer failed");
+                error(format!("cannot stop consuming {queue}: {broker_error}"))
+            }
+        }
+    }
+
+    /// After the pool changed size: the broker may push ahead what the new size takes
+    /// (AMQP `basic.qos`), as the worker's fetches ask for it.
+    pub(super) async fn resized(&self) {
+        let prefetch = self.runtime.slots.size().saturating_add(self.prefetch);
+        if let Err(broker_error) = self.runtime.consumer.set_prefetch(prefetch).await {
+            warn!(%broker_error, prefetch, "the broker's prefetch did not follow the pool");
+        }
+    }
+
     /// The `task_name` argument, when this worker has that task.
     pub(super) fn known_task(&self, arguments: &Map<String, Value>) -> Option<String> {
         let name = arguments.get("task_name").and_then(Value::as_str)?;
@@ -137,4 +206,14 @@ impl ControlContext {
             .get(name)
             .map(|_| name.to_owned())
     }
+}
+
+/// The `queue` argument of `add_consumer` / `cancel_consumer`, not empty.
+fn queue_argument(arguments: &Map<String, Value>) -> Option<String> {
+    arguments
+        .get("queue")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|queue| !queue.is_empty())
+        .map(str::to_owned)
 }

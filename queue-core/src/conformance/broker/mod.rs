@@ -15,6 +15,7 @@
 //!   are not counted by `queue_length`;
 //! - `dead_letter` moves a message to where `dead_letters` lists it, with the reason;
 //! - `republish_and_ack` replaces a delivery in one step (or is `Unsupported`);
+//! - `add_queue` / `remove_queue` change what a running consumer consumes;
 //! - `purge` removes ready messages; a batch of 1000 is delivered exactly once to two
 //!   concurrent consumers;
 //! - the backlog (`backlog_*`): `queue_stats` counts ready, delayed and dead messages and
@@ -35,6 +36,7 @@ use crate::protocol::time::parse_timestamp;
 use crate::protocol::{Headers, Message, Properties, TaskBody, TimeLimit};
 
 mod backlog;
+mod change;
 mod fetch;
 mod order;
 mod queues;
@@ -46,6 +48,7 @@ pub use backlog::{
     backlog_dead_letters_requeued_and_purged, backlog_delayed_listed_and_run_now,
     backlog_known_queues_name_the_queue, backlog_stats_count_ready_delayed_and_dead,
 };
+pub use change::queues_added_and_removed_while_consuming;
 pub use fetch::{fetch_respects_max_and_wait, fetch_returns_when_message_arrives};
 pub use order::{
     fifo_within_priority, higher_priority_first, strict_queue_order, weighted_queue_order,
