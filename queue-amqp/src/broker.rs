@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
+use queue_core::backlog::{DelayedMessage, KnownQueues, QueueStats};
 use queue_core::broadcast::Broadcast;
 use queue_core::broker::{
     Broker, BrokerError, ConsumeOptions, Consumer, DEAD_LETTER_REASON_HEADER, DeadLetter, Publish,
@@ -113,7 +114,9 @@ impl AmqpBroker {
             .and_then(|ahead| ahead.num_microseconds())
             .filter(|micros| *micros > 0)
             .map(|micros| micros.unsigned_abs().div_ceil(1000));
-        let properties = wire::properties(&message, delay_ms.is_none())?;
+        // The time of publication, for the age of the oldest message (see `crate::backlog`).
+        let now = u64::try_from(time::now().timestamp()).unwrap_or(0);
+        let properties = wire::properties(&message, delay_ms.is_none())?.with_timestamp(now);
         let body = Arc::new(message.body);
         Ok(match delay_ms {
             Some(delay_ms) => (
@@ -143,7 +146,12 @@ impl AmqpBroker {
 #[async_trait]
 impl Broker for AmqpBroker {
     async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
-        Ok(self.inner.topology.ensure_queue(queue).await?)
+        self.inner.topology.ensure_queue(queue).await?;
+        self.inner
+            .topology
+            .seen
+            .note(queue, &self.inner.config.delay_prefix);
+        Ok(())
     }
 
     async fn publish(&self, messages: Vec<Publish>) -> Result<(), BrokerError> {
@@ -164,6 +172,10 @@ impl Broker for AmqpBroker {
         let topology = &self.inner.topology;
         for queue in &queues {
             topology.ensure_queue(queue).await?;
+            self.inner
+                .topology
+                .seen
+                .note(queue, &self.inner.config.delay_prefix);
         }
         for queue in &delayed {
             topology.ensure_delay(queue).await?;
@@ -178,6 +190,12 @@ impl Broker for AmqpBroker {
     }
 
     async fn consume(&self, options: ConsumeOptions) -> Result<Arc<dyn Consumer>, BrokerError> {
+        for queue in &options.queues {
+            self.inner
+                .topology
+                .seen
+                .note(queue, &self.inner.config.delay_prefix);
+        }
         Ok(Arc::new(AmqpConsumer::start(self.inner.clone(), options)?))
     }
 
@@ -199,6 +217,35 @@ impl Broker for AmqpBroker {
     /// Events and remote control, as kombu has them on RabbitMQ (see [`crate::broadcast`]).
     fn broadcast(self: Arc<Self>) -> Option<Arc<dyn Broadcast>> {
         Some(self)
+    }
+
+    /// See [`crate::backlog`] for this and the other backlog methods.
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        self.inner.queue_stats(queue).await
+    }
+
+    async fn delayed(&self, queue: &str, limit: usize) -> Result<Vec<DelayedMessage>, BrokerError> {
+        self.inner.delayed(queue, limit).await
+    }
+
+    async fn run_delayed_now(&self, queue: &str, task_id: &str) -> Result<bool, BrokerError> {
+        self.inner.run_delayed_now(queue, task_id).await
+    }
+
+    async fn requeue_dead_letters(
+        &self,
+        queue: &str,
+        task_ids: Option<&[String]>,
+    ) -> Result<u64, BrokerError> {
+        self.inner.requeue_dead_letters(queue, task_ids).await
+    }
+
+    async fn purge_dead_letters(&self, queue: &str) -> Result<u64, BrokerError> {
+        self.inner.purge_dead_letters(queue).await
+    }
+
+    async fn known_queues(&self) -> Result<KnownQueues, BrokerError> {
+        Ok(self.inner.known_queues())
     }
 
     /// Reads the dead-letter queue with `basic.get` on a channel of its own, then closes

@@ -34,6 +34,11 @@
 //! - **Events and remote control** (`celeryev`, `celery.pidbox`, `reply.celery.pidbox`):
 //!   [`Broker::broadcast`] is the broker itself; exchanges and queues are declared
 //!   with kombu's flags and arguments, see [`broadcast`].
+//! - **Backlog** (for a monitor): queue stats, delayed messages (browsed in the delay
+//!   levels), running one now and requeueing dead letters (published with a confirm before
+//!   the original is acked), known queues (those this process used: AMQP cannot list
+//!   queues); see [`backlog`]. Publishes set the AMQP `timestamp`, from which the age of
+//!   the oldest message is read.
 //! - **Consuming**: see [`consumer`] and the driver's documentation on how prefetch and
 //!   the order between queues work together.
 //! - **Recovery**: connections and channels that break are opened again with backoff;
@@ -60,6 +65,7 @@
 //!
 //! URL options: [`AmqpConfig`].
 
+pub mod backlog;
 pub mod broadcast;
 mod broker;
 mod config;

@@ -40,6 +40,7 @@ use queue_core::broker::dead_letter_queue;
 use tokio::sync::Mutex;
 use tracing::warn;
 
+use crate::backlog::SeenQueues;
 use crate::config::AmqpConfig;
 use crate::error::{AmqpError, NOT_FOUND, PRECONDITION_FAILED};
 use crate::link::Link;
@@ -106,6 +107,9 @@ pub(crate) struct Topology {
     /// channel under every operation sharing it.
     admin: Mutex<Option<(Channel, u64)>>,
     declared: std::sync::Mutex<Declared>,
+    /// The task queues used through this broker, for `known_queues` (see
+    /// [`crate::backlog`]).
+    pub(crate) seen: SeenQueues,
 }
 
 impl Topology {
@@ -115,6 +119,7 @@ impl Topology {
             link,
             admin: Mutex::new(None),
             declared: std::sync::Mutex::new(Declared::new(0)),
+            seen: SeenQueues::default(),
         }
     }
 

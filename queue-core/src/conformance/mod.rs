@@ -206,6 +206,10 @@ macro_rules! __broker_checks {
             purge_removes_ready,
             batch_delivered_exactly_once,
             republish_and_ack_replaces_the_original,
+            backlog_stats_count_ready_delayed_and_dead,
+            backlog_delayed_listed_and_run_now,
+            backlog_dead_letters_requeued_and_purged,
+            backlog_known_queues_name_the_queue,
             queues_added_and_removed_while_consuming,
         }
     };
