@@ -1,7 +1,8 @@
 //! Throughput and latency on `memory://`: publish, drain, and the round trip send → result.
 //!
 //! Run with `cargo xtask bench` (or `cargo bench --bench throughput`). Prints a table.
-//! `QUEUE_BENCH_TASKS` sets the number of tasks (default 20000).
+//! `QUEUE_BENCH_TASKS` sets the number of tasks (default 20000); `QUEUE_BENCH_ONLY=redis-events`
+//! runs only the Redis task events rows.
 
 use std::time::{Duration, Instant};
 
@@ -149,6 +150,18 @@ fn main() {
     // Keep the noop tasks referenced so their names stay registered in the table below.
     let _ = (noop.name(), noop_result.name());
     let mut rows = Vec::new();
+    // `QUEUE_BENCH_ONLY=redis-events`: only the Redis task events rows (on / off).
+    if std::env::var("QUEUE_BENCH_ONLY").as_deref() == Ok("redis-events") {
+        #[cfg(feature = "redis")]
+        runtime.block_on(async {
+            match redis_bench::urls() {
+                Some(urls) => rows.extend(redis_bench::event_rows(&urls, count).await),
+                None => eprintln!("redis rows skipped: QUEUE_TEST_REDIS_URL not set"),
+            }
+        });
+        print_table(count, rows);
+        return;
+    }
     runtime.block_on(async {
         let rate = publish(count, 1, 1).await;
         rows.push(Row {
@@ -195,6 +208,10 @@ fn main() {
             sql_bench::remove(&url);
         }
     });
+    print_table(count, rows);
+}
+
+fn print_table(count: usize, rows: Vec<Row>) {
     println!();
     println!(
         "memory:// broker and backend, {count} tasks, {} CPUs",

@@ -304,6 +304,31 @@ pub async fn python_drain(urls: &Urls, count: usize, name: &'static str) -> Opti
     ))
 }
 
+/// The task events rows: the same drain with task events off, then on (3 events per
+/// task, in `task.multi` batches), which must not slow it much (issue 10: ratio ≥ 0.8).
+/// Alone with `QUEUE_BENCH_ONLY=redis-events`.
+pub async fn event_rows(urls: &Urls, count: usize) -> Vec<Row> {
+    let (off, cpu_off) = drain(urls, count, "bench.noop_result", 64, false).await;
+    let (on, cpu_on) = drain(urls, count, "bench.noop_result", 64, true).await;
+    let row = |scenario: String, figure: String| Row { scenario, figure };
+    vec![
+        row(
+            "redis: drain no-op, results stored, task events off".into(),
+            format!("{off:>10.0} tasks/s"),
+        ),
+        row(format!("  {cpu_off}"), String::new()),
+        row(
+            "redis: drain no-op, results stored, task events on".into(),
+            format!("{on:>10.0} tasks/s"),
+        ),
+        row(format!("  {cpu_on}"), String::new()),
+        row(
+            "  ratio task events on / off (same run)".into(),
+            format!("{:>10.2} x", on / off),
+        ),
+    ]
+}
+
 /// The Redis rows: publish, drain with results ignored and stored, round trip.
 pub async fn rows(urls: &Urls, count: usize) -> Vec<Row> {
     let mut rows = Vec::new();
@@ -346,18 +371,8 @@ pub async fn rows(urls: &Urls, count: usize) -> Vec<Row> {
             }
         }
     }
-    // Task events (4 per task, in task.multi batches) must not slow the drain much.
-    let (off, _) = drain(urls, count, "bench.noop_result", 64, false).await;
-    let (on, cpu) = drain(urls, count, "bench.noop_result", 64, true).await;
-    push(
-        "redis: drain no-op, results stored, task events on".into(),
-        tasks_per_second(on),
-    );
-    push(format!("  {cpu}"), String::new());
-    push(
-        "  ratio task events on / off (same run)".into(),
-        format!("{:>10.2} x", on / off),
-    );
+    rows.extend(event_rows(urls, count).await);
+    let mut push = |scenario: String, figure: String| rows.push(Row { scenario, figure });
     push(
         "redis: idle worker, heartbeats every 2 s: CPU".into(),
         format!("{:>10.2} ms/s", idle_cpu(urls).await * 1e3),

@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use queue_core::TaskError;
 use queue_core::broadcast::Broadcast;
-use queue_core::events::{Event, EventSource, MAX_BATCH, TaskEvent, WorkerEventKind, WorkerStatus};
+use queue_core::events::{
+    EncodedEvent, EventSource, MAX_BATCH, TaskEvent, WorkerEventKind, WorkerStatus,
+};
+use queue_core::protocol::Headers;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +59,7 @@ impl Default for EventOptions {
 pub(crate) struct Events {
     source: EventSource,
     task_events: AtomicBool,
-    buffer: Option<mpsc::Sender<Event>>,
+    buffer: Option<mpsc::Sender<EncodedEvent>>,
     stats: Arc<WorkerStats>,
     held: Arc<Held>,
 }
@@ -79,7 +82,10 @@ impl Events {
                     Some(sender),
                     Some(Publisher {
                         broadcast,
+                        hostname: node_name.to_owned(),
                         receiver,
+                        tasks: Vec::with_capacity(MAX_BATCH),
+                        workers: Vec::new(),
                     }),
                 )
             }
@@ -114,17 +120,29 @@ impl Events {
         self.source.clock()
     }
 
+    /// Whether task events go out now: there is a broadcast side and they are on.
+    fn sending_task_events(&self) -> bool {
+        self.buffer.is_some() && self.task_events_enabled()
+    }
+
     /// Sends a task event, built only when task events are on.
     pub(crate) fn task(&self, event: impl FnOnce() -> TaskEvent) {
-        if self.buffer.is_some() && self.task_events_enabled() {
-            self.push(self.source.task(event()));
+        if self.sending_task_events() {
+            self.push(self.source.encode(&event()));
+        }
+    }
+
+    /// Sends `task-received` for a message with `headers` (read in place, not copied).
+    pub(crate) fn received(&self, headers: &Headers) {
+        if self.sending_task_events() {
+            self.push(self.source.encode_received(headers));
         }
     }
 
     /// Sends a worker event with the worker's current figures.
     pub(crate) fn worker(&self, kind: WorkerEventKind, freq: Duration) {
         if self.buffer.is_some() {
-            self.push(self.source.worker(kind, &self.status(freq)));
+            self.push(self.source.worker(kind, &self.status(freq)).encoded());
         }
     }
 
@@ -142,7 +160,7 @@ impl Events {
         }
     }
 
-    fn push(&self, event: Event) {
+    fn push(&self, event: EncodedEvent) {
         let Some(buffer) = &self.buffer else { return };
         if let Err(error) = buffer.try_send(event) {
             let dropped = self.stats.events_dropped.increment();
@@ -162,13 +180,17 @@ impl Events {
 /// Publishes buffered events: worker events alone, task events in batches.
 pub(crate) struct Publisher {
     broadcast: Arc<dyn Broadcast>,
-    receiver: mpsc::Receiver<Event>,
+    hostname: String,
+    receiver: mpsc::Receiver<EncodedEvent>,
+    /// The task events of the round being gathered.
+    tasks: Vec<EncodedEvent>,
+    /// Its worker events (sent alone, after the batch).
+    workers: Vec<EncodedEvent>,
 }
 
 impl Publisher {
     /// Runs until `closing` is cancelled, then sends what is still buffered and returns.
     pub(crate) async fn run(mut self, closing: CancellationToken) {
-        let mut batch: Vec<Event> = Vec::with_capacity(MAX_BATCH);
         loop {
             let first = tokio::select! {
                 biased;
@@ -176,45 +198,60 @@ impl Publisher {
                 () = closing.cancelled() => None,
             };
             let Some(first) = first else { break };
-            batch.push(first);
-            self.fill(&mut batch);
-            self.send_round(&mut batch).await;
+            self.take(first);
+            self.fill();
+            self.send_round().await;
         }
         // Closing: the rest of the buffer (`worker-offline` last), without waiting for more.
         loop {
-            self.fill(&mut batch);
-            if batch.is_empty() {
+            self.fill();
+            if self.tasks.is_empty() && self.workers.is_empty() {
                 return;
             }
-            self.send_round(&mut batch).await;
+            self.send_round().await;
+        }
+    }
+
+    fn take(&mut self, event: EncodedEvent) {
+        if event.is_task_event() {
+            self.tasks.push(event);
+        } else {
+            self.workers.push(event);
         }
     }
 
     /// Adds whatever is already buffered, up to a batch.
-    fn fill(&mut self, batch: &mut Vec<Event>) {
-        while batch.len() < MAX_BATCH {
+    fn fill(&mut self) {
+        while self.tasks.len() + self.workers.len() < MAX_BATCH {
             match self.receiver.try_recv() {
-                Ok(event) => batch.push(event),
+                Ok(event) => self.take(event),
                 Err(_) => break,
             }
         }
     }
 
-    async fn send_round(&self, batch: &mut Vec<Event>) {
-        let (tasks, workers): (Vec<Event>, Vec<Event>) =
-            batch.drain(..).partition(Event::is_task_event);
-        if !tasks.is_empty() {
-            self.send(&tasks).await;
+    async fn send_round(&mut self) {
+        if !self.tasks.is_empty() {
+            let routing_key = EncodedEvent::body_routing_key(&self.tasks);
+            let mut body = Vec::new();
+            EncodedEvent::write_body(&self.tasks, &mut body);
+            let count = self.tasks.len();
+            self.tasks.clear();
+            self.send(routing_key, body, count).await;
         }
-        for event in workers {
-            self.send(std::slice::from_ref(&event)).await;
+        for event in std::mem::take(&mut self.workers) {
+            let body = EncodedEvent::body(std::slice::from_ref(&event));
+            self.send(event.routing_key(), body, 1).await;
         }
     }
 
-    async fn send(&self, events: &[Event]) {
-        if let Err(error) = queue_core::events::publish(&*self.broadcast, events).await {
+    async fn send(&self, routing_key: String, body: Vec<u8>, count: usize) {
+        let sent =
+            queue_core::events::publish_body(&*self.broadcast, &self.hostname, routing_key, body)
+                .await;
+        if let Err(error) = sent {
             // Events are transient: a lost one is not retried (Celery does not either).
-            debug!(%error, count = events.len(), "events not sent");
+            debug!(%error, count, "events not sent");
         }
     }
 }

@@ -103,9 +103,7 @@ impl Execution<'_> {
     async fn run(self) {
         let name = &self.message.headers.task;
         debug!(redelivered = self.delivery.redelivered, "task received");
-        self.runtime
-            .events
-            .task(|| TaskEvent::received(&self.message.headers));
+        self.runtime.events.received(&self.message.headers);
         if self.runtime.revoked.contains(self.id()) {
             info!("task revoked: discarded");
             return self.revoked(false, "revoked").await;

@@ -2,7 +2,7 @@
 //! as a task's SENT state. Best effort: a task is sent whether or not its event is.
 
 use crate::broker::{Broker, Publish};
-use crate::events::{Event, EventSource, MAX_BATCH, TaskEvent};
+use crate::events::{EncodedEvent, Event, EventSource, MAX_BATCH, TaskEvent};
 
 /// The `task-sent` events of `publishes`, made before they go out (the publish consumes
 /// them).
@@ -19,7 +19,9 @@ pub(super) async fn announce(broker: &std::sync::Arc<dyn Broker>, events: Vec<Ev
         return;
     };
     for batch in events.chunks(MAX_BATCH) {
-        if let Err(error) = crate::events::publish(&*broadcast, batch).await {
+        let encoded: Vec<EncodedEvent> = batch.iter().map(Event::encoded).collect();
+        let hostname = batch.first().map_or("", |event| event.hostname.as_str());
+        if let Err(error) = crate::events::publish(&*broadcast, hostname, &encoded).await {
             tracing::debug!(%error, count = batch.len(), "task-sent events not sent");
         }
     }

@@ -1,16 +1,17 @@
 //! The events a worker and a producer send (wire spec §6.3, §6.4) and the source that
 //! stamps them with the standard fields.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use chrono::{DateTime, FixedOffset, Local};
+use chrono::Local;
 use serde_json::{Map, Value};
 
+use super::encode::{EncodedEvent, Stamp, TaskFields, encode};
 use super::{Event, LamportClock};
 use crate::broker::Publish;
 use crate::protocol::Headers;
-use crate::protocol::time::format_timestamp;
 
 /// What our events give as `sw_ident` (Celery's workers say `py-celery`).
 pub const SOFTWARE_IDENTITY: &str = "rs-queue";
@@ -72,6 +73,36 @@ impl EventSource {
     /// `worker-online`, `worker-heartbeat` or `worker-offline` (`kind`) with `status`.
     pub fn worker(&self, kind: WorkerEventKind, status: &WorkerStatus) -> Event {
         self.event(kind.as_str(), status.fields())
+    }
+
+    /// A task event stamped now, as JSON: what [`task`](Self::task) makes, without the
+    /// [`Event`] in between.
+    pub fn encode(&self, event: &TaskEvent) -> EncodedEvent {
+        let (kind, fields) = TaskFields::of(event);
+        self.encode_fields(kind, &fields)
+    }
+
+    /// `task-received` for a message with `headers`, as JSON, read from the headers in
+    /// place (no copy of them).
+    pub fn encode_received(&self, headers: &Headers) -> EncodedEvent {
+        self.encode_fields("task-received", &TaskFields::received(headers))
+    }
+
+    /// `task-sent` for `publish`, as JSON, read from the message in place.
+    pub fn encode_sent(&self, publish: &Publish) -> EncodedEvent {
+        self.encode_fields("task-sent", &TaskFields::sent(publish))
+    }
+
+    fn encode_fields(&self, kind: &'static str, fields: &TaskFields<'_>) -> EncodedEvent {
+        let stamp = Stamp {
+            kind,
+            hostname: &self.hostname,
+            timestamp: unix_now(),
+            utcoffset: self.utcoffset,
+            pid: self.pid,
+            clock: self.clock.forward(),
+        };
+        encode(Cow::Borrowed(kind), &stamp, fields)
     }
 }
 
@@ -221,98 +252,9 @@ impl TaskEvent {
 
     /// The event type and its fields.
     pub fn into_fields(self) -> (&'static str, Map<String, Value>) {
-        let mut fields = Map::new();
-        let kind = match self {
-            Self::Sent {
-                headers,
-                queue,
-                exchange,
-                routing_key,
-            } => {
-                message_fields(&mut fields, &headers);
-                fields.insert("queue".into(), Value::from(queue));
-                fields.insert("exchange".into(), Value::from(exchange));
-                fields.insert("routing_key".into(), Value::from(routing_key));
-                "task-sent"
-            }
-            Self::Received(headers) => {
-                message_fields(&mut fields, &headers);
-                "task-received"
-            }
-            Self::Started { uuid } => {
-                fields.insert("uuid".into(), Value::from(uuid));
-                "task-started"
-            }
-            Self::Succeeded {
-                uuid,
-                result,
-                runtime,
-            } => {
-                fields.insert("uuid".into(), Value::from(uuid));
-                fields.insert("result".into(), Value::from(result));
-                let runtime = if runtime.is_finite() { runtime } else { 0.0 };
-                fields.insert("runtime".into(), Value::from(runtime));
-                "task-succeeded"
-            }
-            Self::Failed {
-                uuid,
-                exception,
-                traceback,
-            } => {
-                fields.insert("uuid".into(), Value::from(uuid));
-                fields.insert("exception".into(), Value::from(exception));
-                fields.insert("traceback".into(), Value::from(traceback));
-                "task-failed"
-            }
-            Self::Retried {
-                uuid,
-                exception,
-                traceback,
-            } => {
-                fields.insert("uuid".into(), Value::from(uuid));
-                fields.insert("exception".into(), Value::from(exception));
-                fields.insert("traceback".into(), Value::from(traceback));
-                "task-retried"
-            }
-            Self::Revoked {
-                uuid,
-                terminated,
-                signum,
-                expired,
-            } => {
-                fields.insert("uuid".into(), Value::from(uuid));
-                fields.insert("terminated".into(), Value::from(terminated));
-                fields.insert("signum".into(), signum.map_or(Value::Null, Value::from));
-                fields.insert("expired".into(), Value::from(expired));
-                "task-revoked"
-            }
-            Self::Rejected { uuid, requeue } => {
-                fields.insert("uuid".into(), Value::from(uuid));
-                fields.insert("requeue".into(), Value::from(requeue));
-                "task-rejected"
-            }
-        };
-        (kind, fields)
+        let (kind, fields) = TaskFields::of(&self);
+        (kind, fields.to_map())
     }
-}
-
-/// The message fields `task-sent` and `task-received` share.
-fn message_fields(fields: &mut Map<String, Value>, headers: &Headers) {
-    let optional = |value: &Option<String>| value.clone().map_or(Value::Null, Value::from);
-    let time = |value: &Option<DateTime<FixedOffset>>| {
-        value
-            .as_ref()
-            .map_or(Value::Null, |at| Value::from(format_timestamp(at)))
-    };
-    fields.insert("uuid".into(), Value::from(headers.id.as_str()));
-    fields.insert("name".into(), Value::from(headers.task.as_str()));
-    fields.insert("args".into(), optional(&headers.argsrepr));
-    fields.insert("kwargs".into(), optional(&headers.kwargsrepr));
-    fields.insert("root_id".into(), optional(&headers.root_id));
-    fields.insert("parent_id".into(), optional(&headers.parent_id));
-    fields.insert("retries".into(), Value::from(headers.retries));
-    fields.insert("eta".into(), time(&headers.eta));
-    fields.insert("expires".into(), time(&headers.expires));
 }
 
 /// Seconds since the epoch, as Python's `time.time()`.

@@ -21,12 +21,14 @@
 //! ```
 
 mod clock;
+mod encode;
 mod kinds;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use clock::LamportClock;
+pub use encode::EncodedEvent;
 pub(crate) use kinds::unix_now;
 pub use kinds::{EventSource, SOFTWARE_IDENTITY, TaskEvent, WorkerEventKind, WorkerStatus};
 
@@ -98,14 +100,11 @@ impl Event {
     }
 
     /// The body of `events`: one object for a single event, an array for a batch (which
-    /// goes out under [`BATCH_ROUTING_KEY`]).
+    /// goes out under [`BATCH_ROUTING_KEY`]). A non-finite timestamp or offset is sent as
+    /// 0 (JSON has no NaN or infinity).
     pub fn encode(events: &[Event]) -> Vec<u8> {
-        // Serializing these types cannot fail: string keys, finite numbers checked below.
-        let result = match events {
-            [single] => serde_json::to_vec(&finite(single)),
-            many => serde_json::to_vec(&many.iter().map(finite).collect::<Vec<_>>()),
-        };
-        result.unwrap_or_else(|_| b"[]".to_vec())
+        let encoded: Vec<EncodedEvent> = events.iter().map(Event::encoded).collect();
+        EncodedEvent::body(&encoded)
     }
 
     /// The events of a body: an object is one event, an array a batch. An element that is
@@ -124,17 +123,34 @@ impl Event {
 
 /// Sends `events` as one body on the event exchange (topic on AMQP, as Celery declares
 /// `celeryev`; the Redis broker sends topic and fanout alike), with the `hostname` header
-/// of the first event's sender. Transient: nothing is retried.
+/// of their sender. Transient: nothing is retried.
 pub async fn publish(
     broadcast: &dyn crate::broadcast::Broadcast,
-    events: &[Event],
+    hostname: &str,
+    events: &[EncodedEvent],
 ) -> Result<(), crate::broker::BrokerError> {
-    let Some(first) = events.first() else {
+    if events.is_empty() {
         return Ok(());
-    };
+    }
+    publish_body(
+        broadcast,
+        hostname,
+        EncodedEvent::body_routing_key(events),
+        EncodedEvent::body(events),
+    )
+    .await
+}
+
+/// Sends a body made with [`EncodedEvent::write_body`] (routing key `routing_key`) as
+/// [`publish`] does.
+pub async fn publish_body(
+    broadcast: &dyn crate::broadcast::Broadcast,
+    hostname: &str,
+    routing_key: String,
+    body: Vec<u8>,
+) -> Result<(), crate::broker::BrokerError> {
     let message =
-        crate::broadcast::BroadcastMessage::new(body_routing_key(events), Event::encode(events))
-            .header("hostname", first.hostname.as_str());
+        crate::broadcast::BroadcastMessage::new(routing_key, body).header("hostname", hostname);
     broadcast
         .send(
             EVENT_EXCHANGE,
@@ -155,19 +171,6 @@ pub fn body_routing_key(events: &[Event]) -> String {
         [single] => single.routing_key(),
         _ => BATCH_ROUTING_KEY.to_owned(),
     }
-}
-
-/// JSON has no NaN or infinity: a non-finite timestamp or offset is sent as 0 rather than
-/// making the whole body unserializable.
-fn finite(event: &Event) -> Event {
-    let mut event = event.clone();
-    if !event.timestamp.is_finite() {
-        event.timestamp = 0.0;
-    }
-    if !event.utcoffset.is_finite() {
-        event.utcoffset = 0.0;
-    }
-    event
 }
 
 fn kind_of(value: &Value) -> &'static str {

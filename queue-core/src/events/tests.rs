@@ -185,3 +185,174 @@ fn the_clock_moves_past_what_it_hears() {
     assert_eq!(clock.forward(), 43);
     assert_eq!(clock.adjust(u64::MAX), u64::MAX);
 }
+
+/// One of each task event, with every optional field set.
+fn every_task_event() -> Vec<TaskEvent> {
+    let mut headers = Headers::new("tasks.add", "aaaaaaaa-0000-4000-8000-000000000002");
+    headers.argsrepr = Some("(2, 2)".into());
+    headers.kwargsrepr = Some("{'x': \"y\"}".into());
+    headers.root_id = Some("root".into());
+    headers.parent_id = Some("parent".into());
+    headers.retries = 3;
+    headers.eta = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456+01:00").ok();
+    headers.expires = chrono::DateTime::parse_from_rfc3339("2026-01-02T04:00:00+00:00").ok();
+    let uuid = || headers.id.clone();
+    vec![
+        TaskEvent::Sent {
+            headers: Box::new(headers.clone()),
+            queue: "celery".into(),
+            exchange: String::new(),
+            routing_key: "celery".into(),
+        },
+        TaskEvent::received(&headers),
+        TaskEvent::Started { uuid: uuid() },
+        TaskEvent::Succeeded {
+            uuid: uuid(),
+            result: "{'a': [1, 2]}".into(),
+            runtime: 0.125,
+        },
+        TaskEvent::Failed {
+            uuid: uuid(),
+            exception: "ValueError('boom')".into(),
+            traceback: "Traceback (most recent call last):\n  ...".into(),
+        },
+        TaskEvent::Retried {
+            uuid: uuid(),
+            exception: "Retry()".into(),
+            traceback: String::new(),
+        },
+        TaskEvent::Revoked {
+            uuid: uuid(),
+            terminated: true,
+            signum: Some(15),
+            expired: false,
+        },
+        TaskEvent::Rejected {
+            uuid: uuid(),
+            requeue: true,
+        },
+    ]
+}
+
+/// The JSON text of `body` with `timestamp` and `clock` (which differ between two
+/// events made one after the other) set to fixed values, keys in their order.
+fn text_without_stamps(body: &[u8]) -> String {
+    let mut value: Value = serde_json::from_slice(body).unwrap();
+    let object = value.as_object_mut().unwrap();
+    object.insert("timestamp".into(), json!(1.5));
+    object.insert("clock".into(), json!(1));
+    value.to_string()
+}
+
+#[test]
+fn encoded_task_events_are_the_events_key_for_key_in_order() {
+    const STANDARD: [&str; 6] = ["type", "hostname", "timestamp", "utcoffset", "pid", "clock"];
+    const MESSAGE: [&str; 9] = [
+        "uuid",
+        "name",
+        "args",
+        "kwargs",
+        "root_id",
+        "parent_id",
+        "retries",
+        "eta",
+        "expires",
+    ];
+    let failure = &["uuid", "exception", "traceback"][..];
+    let expected: [&[&str]; 8] = [
+        &[&MESSAGE[..], &["queue", "exchange", "routing_key"]].concat(),
+        &MESSAGE,
+        &["uuid"],
+        &["uuid", "result", "runtime"],
+        failure,
+        failure,
+        &["uuid", "terminated", "signum", "expired"],
+        &["uuid", "requeue"],
+    ];
+    let source = EventSource::new("celery@rust");
+    for (event, fields) in every_task_event().into_iter().zip(expected) {
+        let encoded = source.encode(&event);
+        let value: Value = serde_json::from_slice(encoded.json()).unwrap();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, [&STANDARD[..], fields].concat(), "{}", encoded.kind());
+        let made = source.task(event);
+        assert_eq!(encoded.kind(), made.kind);
+        assert_eq!(encoded.routing_key(), made.routing_key());
+        assert!(encoded.is_task_event());
+        assert_eq!(
+            text_without_stamps(encoded.json()),
+            text_without_stamps(&Event::encode(std::slice::from_ref(&made))),
+            "{}",
+            made.kind
+        );
+    }
+}
+
+#[test]
+fn received_and_sent_read_in_place_match_the_copied_ones() {
+    let source = EventSource::new("celery@rust");
+    let events = every_task_event();
+    let TaskEvent::Sent { headers, .. } = &events[0] else {
+        unreachable!()
+    };
+    let received = source.encode_received(headers);
+    assert_eq!(
+        text_without_stamps(received.json()),
+        text_without_stamps(source.encode(&events[1]).json())
+    );
+    let message = crate::protocol::Message::new(
+        (**headers).clone(),
+        crate::protocol::Properties::default(),
+        &crate::protocol::TaskBody::new(vec![], serde_json::Map::new()),
+    );
+    let publish = crate::broker::Publish::new("celery", message);
+    let sent = source.encode_sent(&publish);
+    assert_eq!(sent.kind(), "task-sent");
+    assert_eq!(
+        text_without_stamps(sent.json()),
+        text_without_stamps(source.encode(&TaskEvent::sent(&publish)).json())
+    );
+    let value: Value = serde_json::from_slice(sent.json()).unwrap();
+    assert_eq!(value["eta"], json!("2026-01-02T03:04:05.123456+01:00"));
+    assert_eq!(value["expires"], json!("2026-01-02T04:00:00+00:00"));
+    assert_eq!(value["routing_key"], json!("celery"));
+    assert_eq!(value["exchange"], json!(""));
+}
+
+#[test]
+fn an_encoded_batch_is_an_array_of_the_events_in_order() {
+    let source = EventSource::new("celery@rust");
+    let batch: Vec<EncodedEvent> = every_task_event()
+        .iter()
+        .map(|e| source.encode(e))
+        .collect();
+    assert_eq!(EncodedEvent::body_routing_key(&batch), BATCH_ROUTING_KEY);
+    let decoded: Vec<Event> = Event::decode(&EncodedEvent::body(&batch))
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let kinds: Vec<&str> = decoded.iter().map(|event| event.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "task-sent",
+            "task-received",
+            "task-started",
+            "task-succeeded",
+            "task-failed",
+            "task-retried",
+            "task-revoked",
+            "task-rejected"
+        ]
+    );
+    assert!(decoded.windows(2).all(|pair| pair[0].clock < pair[1].clock));
+    let single = &batch[2..3];
+    assert_eq!(EncodedEvent::body_routing_key(single), "task.started");
+    assert_eq!(EncodedEvent::body(single), single[0].json());
+}
