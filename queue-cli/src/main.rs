@@ -7,6 +7,7 @@ mod call;
 mod control;
 mod events;
 mod inspect;
+mod monitor;
 mod output;
 
 use std::process::ExitCode;
@@ -80,6 +81,9 @@ enum Command {
         #[arg(short, long, value_delimiter = ',')]
         destination: Vec<String>,
     },
+    /// Serves the dashboard, a Flower-compatible HTTP API and Prometheus metrics for the
+    /// workers on the broker (Rust and Python); runs until Ctrl-C.
+    Monitor(monitor::MonitorArgs),
     /// Prints the workers' events as they come, like `celery events --dump`; runs until
     /// Ctrl-C.
     Events {
@@ -161,6 +165,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             destination,
         } => control::revoke(&app, ids, terminate, signal, destination).await?,
         Command::Events { json, count } => events::run(&app, json, count).await?,
+        Command::Monitor(args) => monitor::run(app, args).await?,
     }
     Ok(())
 }

@@ -25,6 +25,7 @@ pub mod ingest;
 pub mod metrics;
 mod monitor;
 pub(crate) mod pages;
+pub mod redact;
 pub mod settings;
 pub mod state;
 pub mod store;
@@ -34,3 +35,9 @@ pub use error::MonitorError;
 pub use monitor::{DEFAULT_HISTORY, DEFAULT_LISTEN, Monitor, RunningMonitor};
 pub use settings::Settings;
 pub use state::MonitorState;
+
+/// Resolves once `stop` turns true (or its sender is gone): the background tasks' signal.
+pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard `wait_for` returns is dropped here, so no caller holds it across an await.
+    let _ = stop.wait_for(|stop| *stop).await;
+}

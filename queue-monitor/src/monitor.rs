@@ -11,8 +11,15 @@ use tokio::task::JoinHandle;
 
 use crate::auth::Auth;
 use crate::error::MonitorError;
+use crate::ingest::pollers::{self, every};
 use crate::settings::Settings;
-use crate::state::MonitorState;
+use crate::state::{MonitorState, now};
+use crate::store::Store;
+
+/// Tasks read back on start to rebuild the overview's series.
+const REPLAYED_TASKS: usize = 200_000;
+/// Queue samples read back on start.
+const QUEUE_SAMPLES_RELOADED: usize = 200_000;
 
 /// The default address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5555";
@@ -96,7 +103,8 @@ impl Monitor {
         running.shutdown().await
     }
 
-    /// Starts ingestion and the server in the background and returns at once.
+    /// Opens the history, reloads what it holds, starts ingestion and the server in the
+    /// background, and returns at once.
     pub async fn start(self, listener: TcpListener) -> Result<RunningMonitor, MonitorError> {
         let address = listener.local_addr()?;
         let auth = match self.auth {
@@ -106,23 +114,105 @@ impl Monitor {
         if !address.ip().is_loopback() && !auth.is_enabled() {
             return Err(MonitorError::InsecureBind { address });
         }
-        let state = MonitorState::new(self.app, self.settings, auth);
+        let (store, writer) =
+            Store::open(self.history.as_deref(), self.settings.write_queue).await?;
+        let state = MonitorState::new(self.app, self.settings, auth, store, self.queues);
+        reload(&state).await;
+        let (stop, stopped) = watch::channel(false);
+        let settings = state.settings().clone();
+        let writer = tokio::spawn(writer.run(stopped.clone()));
+        let mut background = vec![
+            tokio::spawn(crate::ingest::events::run(state.clone(), stopped.clone())),
+            tokio::spawn(crate::api::live::ticker(state.clone(), stopped.clone())),
+        ];
+        let polled = state.clone();
+        background.push(tokio::spawn(every(
+            settings.inspect_interval,
+            stopped.clone(),
+            move || {
+                let state = polled.clone();
+                async move {
+                    if let Err(error) = pollers::inspect(&state, None).await {
+                        tracing::debug!(%error, "inspect skipped");
+                    }
+                }
+            },
+        )));
+        let polled = state.clone();
+        background.push(tokio::spawn(every(
+            settings.queue_interval,
+            stopped.clone(),
+            move || {
+                let state = polled.clone();
+                async move { pollers::read_queues(&state).await }
+            },
+        )));
+        let polled = state.clone();
+        background.push(tokio::spawn(every(
+            settings.prune_interval,
+            stopped.clone(),
+            move || {
+                let state = polled.clone();
+                async move { pollers::prune(&state).await }
+            },
+        )));
         let router = app_router(state.clone());
-        let (stop, mut stopped) = watch::channel(false);
+        let mut server_stopped = stopped;
         let server = tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
+                    let _ = server_stopped.wait_for(|stop| *stop).await;
                 })
                 .await
         });
-        tracing::info!(%address, broker = state.broker_url(), "queue monitor listening");
+        tracing::info!(%address, broker = state.broker_url(), history = state.store().label(), "queue monitor listening");
         Ok(RunningMonitor {
             address,
             state,
             stop,
             server,
+            background,
+            writer,
         })
+    }
+}
+
+/// Puts back what the history holds: recent tasks, the overview's window, workers (offline
+/// until they beat), task types and the queues' series.
+async fn reload(state: &MonitorState) {
+    let settings = state.settings().clone();
+    let store = state.store();
+    let window = settings.overview_bucket.as_secs_f64() * settings.overview_buckets as f64;
+    let since = now() - window;
+    let (recent, replayed, workers, types) = futures::join!(
+        store.recent_tasks(settings.tasks_in_memory),
+        store.tasks_since(since, REPLAYED_TASKS),
+        store.workers(),
+        store.task_types(),
+    );
+    let series_since =
+        now() - settings.queue_interval.as_secs_f64() * settings.queue_series_points as f64;
+    let samples = store
+        .queue_samples(series_since, QUEUE_SAMPLES_RELOADED)
+        .await;
+    {
+        let mut cluster = state.cluster();
+        for task in recent.unwrap_or_default() {
+            cluster.restore_task(task);
+        }
+        for task in replayed.unwrap_or_default() {
+            cluster.replay(&task);
+        }
+        for worker in workers.unwrap_or_default() {
+            cluster.restore_worker(worker);
+        }
+        for name in types.unwrap_or_default() {
+            cluster.restore_task_type(name);
+        }
+    }
+    let mut queues = state.queues();
+    for sample in samples.unwrap_or_default() {
+        queues.restore(sample);
     }
 }
 
@@ -145,6 +235,8 @@ pub struct RunningMonitor {
     state: MonitorState,
     stop: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+    writer: JoinHandle<()>,
 }
 
 impl RunningMonitor {
@@ -158,10 +250,15 @@ impl RunningMonitor {
         &self.state
     }
 
-    /// Stops serving and ingesting, flushes the history and returns.
+    /// Stops serving and ingesting, writes what the history still has queued, and returns.
     pub async fn shutdown(self) -> Result<(), MonitorError> {
         let _ = self.stop.send(true);
-        match self.server.await {
+        let served = self.server.await;
+        for task in self.background {
+            let _ = task.await;
+        }
+        let _ = self.writer.await;
+        match served {
             Ok(result) => result.map_err(MonitorError::Io),
             Err(error) => Err(MonitorError::Io(std::io::Error::other(error))),
         }

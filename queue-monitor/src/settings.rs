@@ -10,6 +10,9 @@ pub struct Settings {
     pub inspect_interval: Duration,
     /// How long an inspect call waits for the next reply.
     pub inspect_timeout: Duration,
+    /// Whether to send `enable_events` with each inspect round, as Flower does (workers
+    /// started without task events start sending them).
+    pub enable_events: bool,
     /// How often queue lengths (and backlog stats) are read from the broker.
     pub queue_interval: Duration,
     /// Points kept per queue series (at `queue_interval`; 720 × 5 s = one hour).
@@ -44,6 +47,7 @@ impl Default for Settings {
         Self {
             inspect_interval: Duration::from_secs(5),
             inspect_timeout: Duration::from_secs(1),
+            enable_events: true,
             queue_interval: Duration::from_secs(5),
             queue_series_points: 720,
             backlog_threshold: 1000,

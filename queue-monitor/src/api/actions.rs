@@ -1,9 +1,0 @@
-//! API: actions.
-
-use axum::Router;
-
-use crate::state::MonitorState;
-
-pub(crate) fn router() -> Router<MonitorState> {
-    Router::new()
-}
