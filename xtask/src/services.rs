@@ -7,6 +7,7 @@
 //! SSLRequest), so `up` can reuse a server that already answers and `status` needs no client
 //! tools. `down` stops only what xtask started itself.
 
+pub mod chromium;
 mod postgres;
 mod private;
 mod rabbitmq;

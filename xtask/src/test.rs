@@ -57,6 +57,16 @@ pub fn run(opts: Options) -> Result<()> {
         }
         Err(error) => eprintln!("warning: no Python venv, interop tests will skip: {error}"),
     }
+    // The monitor's browser tests drive headless Chromium through chromedriver.
+    util::header("chromium (browser tests)");
+    match crate::services::chromium::ensure() {
+        Ok(env) => session.env.extend(env),
+        Err(error) if util::is_ci() => {
+            session.stop();
+            return Err(error);
+        }
+        Err(error) => eprintln!("warning: no Chromium, browser tests will skip: {error}"),
+    }
     let outcome = run_tests(&session, &opts.extra);
     if opts.keep_services {
         println!("\nleaving services running (--keep-services)");
