@@ -286,9 +286,10 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         None
     }
 
-    /// What a monitor shows for `queue`: ready messages per priority, the next ready message
-    /// and how long it has waited where the broker knows (see [`crate::backlog`]), and how
-    /// many messages wait for their eta and lie in the dead-letter place.
+    /// What a monitor shows for `queue`: ready messages per priority, the ready message that
+    /// has waited longest and since when, where the broker knows (see [`crate::backlog`]),
+    /// and how many messages wait for their eta and lie in the dead-letter place. An
+    /// unknown queue has all zero.
     async fn queue_stats(&self, _queue: &str) -> Result<QueueStats, BrokerError> {
         Err(BrokerError::Unsupported("queue_stats"))
     }
