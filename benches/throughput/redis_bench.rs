@@ -81,7 +81,8 @@ pub async fn publish(urls: &Urls, count: usize, producers: usize, batch: usize) 
     rate
 }
 
-/// Drains `count` queued tasks; returns the rate and where the CPU went while draining.
+/// Drains `count` queued tasks; returns the rate and where the CPU went while draining
+/// (and, with task events on, how many events the worker dropped).
 pub async fn drain(
     urls: &Urls,
     count: usize,
@@ -94,7 +95,8 @@ pub async fn drain(
     for chunk in calls(name, count).chunks(1000) {
         app.send_many(chunk.to_vec()).await.expect("send");
     }
-    let measured = cpu_per_task(urls, count, async {
+    let mut dropped = 0;
+    let (rate, mut cpu) = cpu_per_task(urls, count, async {
         let started = Instant::now();
         let worker = Worker::new(app.clone())
             .queues([queue.as_str()])
@@ -108,12 +110,18 @@ pub async fn drain(
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let elapsed = started.elapsed();
+        // Events are dropped as they are made: every task's are counted by now.
+        dropped = worker.stats().events_dropped.get();
+        // Shutdown sends what is still buffered: its CPU is counted, not its time.
         worker.shutdown().await.expect("shutdown");
         count as f64 / elapsed.as_secs_f64()
     })
     .await;
     purge(&app, &queue).await;
-    measured
+    if task_events {
+        cpu.push_str(&format!(", events dropped {dropped}"));
+    }
+    (rate, cpu)
 }
 
 pub async fn round_trip(urls: &Urls, count: usize) -> (Duration, Duration) {

@@ -1,14 +1,13 @@
 //! The events a worker and a producer send (wire spec §6.3, §6.4) and the source that
 //! stamps them with the standard fields.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::Local;
 use serde_json::{Map, Value};
 
-use super::encode::{EncodedEvent, Stamp, TaskFields, encode};
+use super::encode::{EncodedEvent, Preamble, TaskFields};
 use super::{Event, LamportClock};
 use crate::broker::Publish;
 use crate::protocol::Headers;
@@ -23,6 +22,8 @@ pub struct EventSource {
     pid: u64,
     utcoffset: f64,
     clock: Arc<LamportClock>,
+    /// The JSON of the standard fields that do not change, for encoded task events.
+    preamble: Arc<Preamble>,
 }
 
 impl EventSource {
@@ -33,10 +34,14 @@ impl EventSource {
 
     /// A source sharing `clock` (a worker's events and control replies share one).
     pub fn with_clock(hostname: impl Into<String>, clock: Arc<LamportClock>) -> Self {
+        let hostname = hostname.into();
+        let pid = u64::from(std::process::id());
+        let utcoffset = utcoffset();
         Self {
-            hostname: hostname.into(),
-            pid: u64::from(std::process::id()),
-            utcoffset: utcoffset(),
+            preamble: Arc::new(Preamble::new(&hostname, utcoffset, pid)),
+            hostname,
+            pid,
+            utcoffset,
             clock,
         }
     }
@@ -94,15 +99,8 @@ impl EventSource {
     }
 
     fn encode_fields(&self, kind: &'static str, fields: &TaskFields<'_>) -> EncodedEvent {
-        let stamp = Stamp {
-            kind,
-            hostname: &self.hostname,
-            timestamp: unix_now(),
-            utcoffset: self.utcoffset,
-            pid: self.pid,
-            clock: self.clock.forward(),
-        };
-        encode(Cow::Borrowed(kind), &stamp, fields)
+        self.preamble
+            .encode_task(kind, unix_now(), self.clock.forward(), fields)
     }
 }
 
