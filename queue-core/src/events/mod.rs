@@ -6,7 +6,8 @@
 //!
 //! An event is one flat JSON object: the standard fields (`type`, `hostname`, `timestamp`,
 //! `utcoffset`, `pid`, `clock`) and the fields of its type. A body is one event or, for
-//! batches (`task.multi`), an array of them.
+//! batches (`task.multi`), an array of them. An [`EncodedEvent`] is one already written
+//! as its JSON, what a busy worker makes of its task events (see [`EventSource::encode`]).
 //!
 //! ```
 //! use queue_core::events::{Event, EventSource, TaskEvent};
