@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use super::{Urls, WAIT, add, app, unique_queue};
-use queue::{App, Broker as _, Worker};
+use queue::{App, Worker};
 
 async fn call(app: &App, node: &str, method: &str, queue: &str) -> Value {
     let mut arguments = Map::new();
@@ -90,7 +90,10 @@ pub async fn consumers_added_and_cancelled_by_remote_control(urls: Urls) {
         call(&app, &node, "cancel_consumer", &first).await,
         json!({"ok": format!("no longer consuming from {first}")})
     );
-    assert_eq!(active_queues(&app, &node).await, [added.clone()]);
+    assert_eq!(
+        active_queues(&app, &node).await,
+        std::slice::from_ref(&added)
+    );
     let waiting = add::new(2, 2).send(&app).await.unwrap();
     // A task of the queue still consumed runs; the one of the cancelled queue is still
     // in the broker after it.
