@@ -1,0 +1,483 @@
+//! The monitor's pages as a person uses them, in a real headless Chromium driven over
+//! WebDriver: a real worker (ours with task events, in-process, on the memory broker and on
+//! Redis; or the real Python Celery worker on Redis), the monitor serving on 127.0.0.1, and
+//! the browser clicking through the pages. A sent task shows on the tasks page without a
+//! reload and its page shows the result; Terminate clicked on a running task's page stops it
+//! (REVOKED); the queues page shows a backlog; dead letters are purged and a delayed task run
+//! now from a queue's page; a worker's pool grows from its page. Screenshots of every page go
+//! to `target/test-artifacts/monitor/` (and, with `QUEUE_MONITOR_DOCS_SCREENSHOTS=1`, the
+//! README's to `docs/`).
+
+mod browser {
+    pub mod driver;
+    pub mod python;
+}
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use browser::driver::{Browser, Tools, WAIT, tools};
+use browser::python::{self, PythonWorker};
+use queue::{App, MemoryBackend, MemoryBroker, Signature, TaskState, Worker, task};
+use queue_monitor::{Auth, Monitor, RunningMonitor, Settings};
+use serde_json::json;
+
+#[task(name = "browser.add")]
+fn add(x: i64, y: i64) -> i64 {
+    x + y
+}
+
+/// Runs until terminated: what the Terminate button has to stop.
+#[task(name = "browser.forever")]
+async fn forever() {
+    std::future::pending::<()>().await
+}
+
+#[task(name = "browser.fail")]
+fn fail(message: String) -> Result<(), queue::TaskError> {
+    Err(queue::TaskError::new("ValueError", message))
+}
+
+#[task(name = "browser.nap")]
+async fn nap(milliseconds: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(milliseconds)).await;
+    milliseconds
+}
+
+fn unique() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// Quick polls so the pages change within a second; small overview buckets so the charts
+/// have several points within a test.
+fn settings() -> Settings {
+    Settings {
+        inspect_interval: Duration::from_millis(700),
+        queue_interval: Duration::from_millis(500),
+        live_interval: Duration::from_millis(250),
+        overview_bucket: Duration::from_secs(2),
+        overview_buckets: 90,
+        ..Settings::default()
+    }
+}
+
+/// The monitor of `app` on a free loopback port, with its history in `history_dir`,
+/// also watching `queues`.
+async fn monitor(app: App, history_dir: &Path, queues: &[&str]) -> RunningMonitor {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let history = format!("sqlite://{}", history_dir.join("history.sqlite").display());
+    let mut monitor = Monitor::new(app)
+        .history(history)
+        .auth(Auth::none())
+        .settings(settings());
+    for queue in queues {
+        monitor = monitor.queue(*queue);
+    }
+    monitor.start(listener).await.expect("the monitor starts")
+}
+
+/// A CSS attribute selector's value, quoted.
+fn quoted(value: &str) -> String {
+    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn path_segment(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// Waits until the result backend says `result`'s task is in `state`.
+async fn until_state(result: &queue::AsyncResult, state: TaskState) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = result.state().await.unwrap();
+        if now == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task is {now:?}, not {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Copies the screenshots the README shows into `docs/` (only when asked: a test run
+/// should not change the work tree).
+fn keep_for_docs(browser_prefix: &str, pages: &[&str]) {
+    if std::env::var("QUEUE_MONITOR_DOCS_SCREENSHOTS").as_deref() != Ok("1") {
+        return;
+    }
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    for page in pages {
+        let from = browser::driver::artifacts_dir().join(format!("{browser_prefix}-{page}.png"));
+        std::fs::copy(&from, docs.join(format!("monitor-{page}.png"))).unwrap();
+    }
+}
+
+/// Our worker and its monitor: everything a person checks in the pages.
+async fn rust_worker_pages(tools: Tools, app: App, prefix: &str) {
+    let id = unique();
+    let queue = format!("browser.{id}");
+    let backlog = format!("browser.backlog.{id}");
+    let node = format!("celery@browser-{prefix}-{id}");
+    let worker = Worker::new(app.clone())
+        .node_name(&node)
+        .queues([queue.as_str()])
+        .concurrency(2)
+        .task_events(true)
+        .heartbeat_interval(Duration::from_millis(500))
+        .spawn();
+    let history = tempfile::tempdir().unwrap();
+    let monitor = monitor(app.clone(), history.path(), &[backlog.as_str()]).await;
+    let base = format!("http://{}", monitor.address());
+    let browser = Browser::start(&tools, &base, prefix).await;
+
+    // Some traffic first, so the charts and tables have something to show.
+    for n in 0..12 {
+        Signature::new("browser.nap")
+            .arg(20 + 15 * n)
+            .queue(&queue)
+            .send(&app)
+            .await
+            .unwrap();
+    }
+    let failed = Signature::new("browser.fail")
+        .arg("<img src=x onerror=alert(1)> on purpose")
+        .queue(&queue)
+        .send(&app)
+        .await
+        .unwrap();
+
+    // 1. The tasks page, loaded before the task is sent, shows it without a reload.
+    browser.open("/tasks").await;
+    browser.run("window.loadedOnce = 'yes'; return null;").await;
+    let sent = Signature::new("browser.add")
+        .args(vec![json!(2), json!(3)])
+        .queue(&queue)
+        .send(&app)
+        .await
+        .unwrap();
+    let row = format!("#task-table tr[data-task={}]", quoted(sent.id()));
+    browser
+        .wait_present(&format!("{row}[data-state=\"SUCCESS\"]"))
+        .await;
+    assert_eq!(
+        browser.run("return window.loadedOnce || null;").await,
+        json!("yes"),
+        "the page reloaded instead of updating live"
+    );
+    browser
+        .wait_present(&format!(
+            "#task-table tr[data-task={}][data-state=\"FAILURE\"]",
+            quoted(failed.id())
+        ))
+        .await;
+    // A task's own strings are shown as text, never run as markup.
+    let failure_text = browser
+        .text(&format!(
+            "#task-table tr[data-task={}]",
+            quoted(failed.id())
+        ))
+        .await
+        .unwrap();
+    assert!(failure_text.contains("<img src=x"), "{failure_text}");
+    assert_eq!(
+        browser
+            .run("return document.querySelectorAll('#main img').length;")
+            .await,
+        json!(0)
+    );
+    browser.screenshot("tasks").await;
+
+    // A search in Flower's syntax narrows the list to the failure.
+    browser
+        .type_into("#search", "state:FAILURE name:browser.fail")
+        .await;
+    browser.click("#task-search button[type=submit]").await;
+    browser.wait_text("#task-count", "1 found").await;
+    browser
+        .wait_present(&format!(
+            "#task-table tr[data-task={}]",
+            quoted(failed.id())
+        ))
+        .await;
+    browser.click("#clear-search").await;
+
+    // 2. Its link opens the task's page, which shows the result and the timeline.
+    browser
+        .click(&format!("{row} a[href=\"/tasks/{}\"]", sent.id()))
+        .await;
+    browser.wait_text("#task-state", "SUCCESS").await;
+    assert_eq!(browser.wait_text("#task-result", "5").await.trim(), "5");
+    browser
+        .wait_present("#timeline tr[data-event=\"task-succeeded\"]")
+        .await;
+    browser
+        .wait_present("#timeline tr[data-event=\"task-received\"]")
+        .await;
+    browser.screenshot("task").await;
+
+    // 3. Terminate, clicked on a running task's page, stops it: REVOKED.
+    let running = Signature::new("browser.forever")
+        .queue(&queue)
+        .send(&app)
+        .await
+        .unwrap();
+    browser
+        .open(&format!("/tasks/{}", path_segment(running.id())))
+        .await;
+    browser.wait_text("#task-state", "STARTED").await;
+    browser.click("#terminate").await;
+    browser.confirm().await;
+    browser.wait_text("#task-state", "REVOKED").await;
+    until_state(&running, TaskState::Revoked).await;
+    let active = app
+        .control()
+        .destination([node.as_str()])
+        .timeout(WAIT)
+        .inspect()
+        .active(false)
+        .await
+        .unwrap();
+    assert_eq!(active.get(&node), Some(&json!([])), "{active:?}");
+    browser.screenshot("task-revoked").await;
+
+    // 4. The queues page shows a backlog that was created (a queue no worker consumes).
+    for n in 0..7 {
+        Signature::new("browser.add")
+            .args(vec![json!(n), json!(n)])
+            .queue(&backlog)
+            .send(&app)
+            .await
+            .unwrap();
+    }
+    browser.open("/queues").await;
+    let backlog_row = format!("#queue-table tr[data-queue={}]", quoted(&backlog));
+    browser
+        .wait_for("the backlog of 7 on the queues page", || async {
+            let text = browser.text(&format!("{backlog_row} td.messages")).await?;
+            (text.trim() == "7").then_some(())
+        })
+        .await;
+    browser.wait_present("#main .uplot canvas").await;
+    browser.screenshot("queues").await;
+
+    // 5. A queue's page: a dead letter (a task no worker knows) purged, a delayed task run
+    // now.
+    let unknown = Signature::new("browser.nobody-knows-me")
+        .queue(&queue)
+        .send(&app)
+        .await
+        .unwrap();
+    browser
+        .open(&format!("/queues/{}", path_segment(&queue)))
+        .await;
+    let letter = format!("#dead-letters tr[data-id={}]", quoted(unknown.id()));
+    browser.wait_present(&letter).await;
+    browser.screenshot("queue").await;
+    browser.click("#purge-dead-letters").await;
+    browser.confirm().await;
+    browser.wait_absent(&letter).await;
+    browser.wait_text("#dead-letters", "No dead letters.").await;
+
+    let delayed = Signature::new("browser.add")
+        .args(vec![json!(40), json!(2)])
+        .queue(&backlog)
+        .countdown(Duration::from_secs(3600))
+        .send(&app)
+        .await
+        .unwrap();
+    browser
+        .open(&format!("/queues/{}", path_segment(&backlog)))
+        .await;
+    let waiting = format!("#delayed tr[data-id={}]", quoted(delayed.id()));
+    browser.click(&format!("{waiting} button.run-now")).await;
+    browser.wait_absent(&waiting).await;
+    browser
+        .wait_for("the delayed task among the ready messages", || async {
+            let text = browser.text("[data-card=\"Ready\"] .value").await?;
+            (text.trim() == "8").then_some(())
+        })
+        .await;
+
+    // 6. The workers page lists ours online; its page grows its pool.
+    browser.open("/workers").await;
+    let worker_row = format!("#worker-table tr[data-worker={}]", quoted(&node));
+    browser.wait_text(&worker_row, "online").await;
+    browser.screenshot("workers").await;
+    browser
+        .open(&format!("/workers/{}", path_segment(&node)))
+        .await;
+    browser.wait_text("#worker-queues", &queue).await;
+    let concurrency = "[data-card=\"Concurrency\"] .value";
+    browser.wait_text(concurrency, "2").await;
+    browser.click("#pool-grow").await;
+    browser.wait_text(concurrency, "3").await;
+    browser.screenshot("worker").await;
+
+    // 7. The overview: workers online, rates, latency charts per task type.
+    browser.open("/").await;
+    browser.wait_text("#task-types", "browser.nap").await;
+    browser.wait_present("#main .uplot canvas").await;
+    browser
+        .wait_for("a worker online in the overview", || async {
+            let text = browser
+                .text("[data-card=\"Workers online\"] .value")
+                .await?;
+            (text.trim().parse::<u32>().ok()? >= 1).then_some(())
+        })
+        .await;
+    browser.screenshot("overview").await;
+
+    keep_for_docs(prefix, &["overview", "queues", "workers", "tasks", "task"]);
+    browser.close().await;
+    tokio::time::timeout(WAIT, worker.shutdown())
+        .await
+        .expect("the worker stops")
+        .unwrap();
+    monitor.shutdown().await.unwrap();
+}
+
+fn rust_app(builder: queue::AppBuilder) -> queue::AppBuilder {
+    builder.task(add).task(forever).task(fail).task(nap)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_worker_pages_in_chromium() {
+    let Some(tools) = tools() else { return };
+    let app = rust_app(App::builder())
+        .broker_instance(Arc::new(MemoryBroker::new()))
+        .backend_instance(Arc::new(MemoryBackend::new()))
+        .build()
+        .await
+        .unwrap();
+    rust_worker_pages(tools, app, "memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_worker_pages_in_chromium() {
+    let Some(url) = queue_core::conformance::server_url("QUEUE_TEST_REDIS_URL") else {
+        return;
+    };
+    let Some(tools) = tools() else { return };
+    let app = rust_app(App::builder())
+        .broker(url.clone())
+        .backend(url)
+        .build()
+        .await
+        .expect("connect to Redis");
+    rust_worker_pages(tools, app, "redis").await;
+}
+
+/// A Python-only cluster: the real Celery worker on Redis, the monitor beside it, and
+/// nothing of ours running tasks. Its worker and tasks show in the pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_cluster_pages_in_chromium() {
+    let Some(url) = queue_core::conformance::server_url("QUEUE_TEST_REDIS_URL") else {
+        return;
+    };
+    let Some(python) = python::python() else {
+        return;
+    };
+    let Some(tools) = tools() else { return };
+    let id = unique();
+    let queue = format!("browser.py.{id}");
+    let node = format!("py-browser-{id}@localhost");
+    let worker = {
+        let (python, url, queue, node) = (python.clone(), url.clone(), queue.clone(), node.clone());
+        tokio::task::spawn_blocking(move || {
+            PythonWorker::start(&python, &url, &url, &[&queue], &node)
+        })
+        .await
+        .unwrap()
+    };
+    let app = App::builder()
+        .broker(url.clone())
+        .backend(url)
+        .build()
+        .await
+        .expect("connect to Redis");
+    let history = tempfile::tempdir().unwrap();
+    let monitor = monitor(app.clone(), history.path(), &[]).await;
+    let base = format!("http://{}", monitor.address());
+    let browser = Browser::start(&tools, &base, "python").await;
+
+    // The worker: online, Celery's software, its queue, its registered tasks.
+    browser.open("/workers").await;
+    let worker_row = format!("#worker-table tr[data-worker={}]", quoted(&node));
+    browser.wait_text(&worker_row, "online").await;
+    let row = browser.wait_text(&worker_row, "py-celery").await;
+    assert!(row.contains(&queue), "{row}");
+    browser.screenshot("workers").await;
+    browser
+        .open(&format!("/workers/{}", path_segment(&node)))
+        .await;
+    browser.wait_text("#worker-queues", &queue).await;
+    browser.wait_text("#main", "tasks.sleep").await;
+    browser.screenshot("worker").await;
+
+    // Its tasks: sent after the page loaded, shown live, with their results.
+    let filtered = format!("/tasks?worker={}", path_segment(&node));
+    browser.open(&filtered).await;
+    let sum = Signature::new("tasks.add")
+        .args(vec![json!(20), json!(22)])
+        .queue(&queue)
+        .send(&app)
+        .await
+        .unwrap();
+    let failed = Signature::new("tasks.fail")
+        .arg("from Python")
+        .queue(&queue)
+        .send(&app)
+        .await
+        .unwrap();
+    browser
+        .wait_present(&format!(
+            "#task-table tr[data-task={}][data-state=\"SUCCESS\"]",
+            quoted(sum.id())
+        ))
+        .await;
+    browser
+        .wait_present(&format!(
+            "#task-table tr[data-task={}][data-state=\"FAILURE\"]",
+            quoted(failed.id())
+        ))
+        .await;
+    browser.screenshot("tasks").await;
+    browser.open(&format!("/tasks/{}", sum.id())).await;
+    browser.wait_text("#task-state", "SUCCESS").await;
+    assert_eq!(browser.wait_text("#task-result", "42").await.trim(), "42");
+    browser.screenshot("task").await;
+    browser.open(&format!("/tasks/{}", failed.id())).await;
+    browser.wait_text("#task-outcome", "Traceback").await;
+    browser
+        .wait_text("#task-outcome", "ValueError: from Python")
+        .await;
+
+    // Its queue, with the Python worker as its consumer.
+    browser.open("/queues").await;
+    browser
+        .wait_text(
+            &format!("#queue-table tr[data-queue={}]", quoted(&queue)),
+            &node,
+        )
+        .await;
+    browser.screenshot("queues").await;
+    browser.open("/").await;
+    browser.wait_text("#task-types", "tasks.add").await;
+    browser.screenshot("overview").await;
+
+    browser.close().await;
+    monitor.shutdown().await.unwrap();
+    drop(worker);
+}
