@@ -125,9 +125,20 @@ fn keep_for_docs(browser_prefix: &str, pages: &[&str]) {
 }
 
 /// Our worker and its monitor: everything a person checks in the pages.
-async fn rust_worker_pages(tools: Tools, app: App, prefix: &str) {
+async fn rust_worker_pages(tools: Tools, builder: queue::AppBuilder, prefix: &str) {
     let id = unique();
     let queue = format!("browser.{id}");
+    // Tasks sent without a queue (the page's "Send again" when the events did not say the
+    // queue) go to the worker's.
+    let app = builder
+        .task(add)
+        .task(forever)
+        .task(fail)
+        .task(nap)
+        .default_queue(&queue)
+        .build()
+        .await
+        .expect("connect");
     let backlog = format!("browser.backlog.{id}");
     let node = format!("celery@browser-{prefix}-{id}");
     let worker = Worker::new(app.clone())
@@ -227,6 +238,20 @@ async fn rust_worker_pages(tools: Tools, app: App, prefix: &str) {
         .await;
     browser.screenshot("task").await;
 
+    // "Send again" sends the same task anew and opens its page.
+    browser.click("#retry").await;
+    browser.confirm().await;
+    let again = browser
+        .wait_for("the page of the task sent again", || async {
+            let url = browser.client().current_url().await.ok()?;
+            let id = url.path().strip_prefix("/tasks/")?.to_owned();
+            (id != sent.id()).then_some(id)
+        })
+        .await;
+    browser.wait_text("#task-state", "SUCCESS").await;
+    assert_eq!(browser.wait_text("#task-result", "5").await.trim(), "5");
+    assert_ne!(again, sent.id());
+
     // 3. Terminate, clicked on a running task's page, stops it: REVOKED.
     let running = Signature::new("browser.forever")
         .queue(&queue)
@@ -323,6 +348,40 @@ async fn rust_worker_pages(tools: Tools, app: App, prefix: &str) {
     browser.wait_text(concurrency, "2").await;
     browser.click("#pool-grow").await;
     browser.wait_text(concurrency, "3").await;
+    // It consumes one more queue, then stops again.
+    let extra = format!("browser.extra.{id}");
+    browser.type_into("#consumer-queue", &extra).await;
+    browser.click("#add-consumer").await;
+    let extra_row = format!("#worker-queues tr[data-queue={}]", quoted(&extra));
+    browser.wait_present(&extra_row).await;
+    browser
+        .click(&format!("{extra_row} button.cancel-consumer"))
+        .await;
+    browser.confirm().await;
+    browser.wait_absent(&extra_row).await;
+    // A rate limit set from the page reaches the worker.
+    browser
+        .click("#limit-task option[value=\"browser.add\"]")
+        .await;
+    browser.type_into("#rate-limit", "10/m").await;
+    browser.click("#set-rate-limit").await;
+    browser.wait_text("#toasts", "rate limit").await;
+    let mut arguments = serde_json::Map::new();
+    arguments.insert("taskinfoitems".into(), json!(["rate_limit"]));
+    let registered = app
+        .control()
+        .destination([node.as_str()])
+        .timeout(WAIT)
+        .call("registered", arguments)
+        .await
+        .unwrap();
+    assert!(
+        registered
+            .get(&node)
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|names| names.contains(&json!("browser.add [rate_limit=10/m]"))),
+        "{registered:?}"
+    );
     browser.screenshot("worker").await;
 
     // 7. The overview: workers online, rates, latency charts per task type.
@@ -348,20 +407,13 @@ async fn rust_worker_pages(tools: Tools, app: App, prefix: &str) {
     monitor.shutdown().await.unwrap();
 }
 
-fn rust_app(builder: queue::AppBuilder) -> queue::AppBuilder {
-    builder.task(add).task(forever).task(fail).task(nap)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_worker_pages_in_chromium() {
     let Some(tools) = tools() else { return };
-    let app = rust_app(App::builder())
+    let builder = App::builder()
         .broker_instance(Arc::new(MemoryBroker::new()))
-        .backend_instance(Arc::new(MemoryBackend::new()))
-        .build()
-        .await
-        .unwrap();
-    rust_worker_pages(tools, app, "memory").await;
+        .backend_instance(Arc::new(MemoryBackend::new()));
+    rust_worker_pages(tools, builder, "memory").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,13 +422,8 @@ async fn redis_worker_pages_in_chromium() {
         return;
     };
     let Some(tools) = tools() else { return };
-    let app = rust_app(App::builder())
-        .broker(url.clone())
-        .backend(url)
-        .build()
-        .await
-        .expect("connect to Redis");
-    rust_worker_pages(tools, app, "redis").await;
+    let builder = App::builder().broker(url.clone()).backend(url);
+    rust_worker_pages(tools, builder, "redis").await;
 }
 
 /// A Python-only cluster: the real Celery worker on Redis, the monitor beside it, and

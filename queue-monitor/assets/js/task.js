@@ -138,7 +138,8 @@ export async function render(main) {
       terminate ? "Terminate sent" : "Revoke sent");
   }
   async function retry() {
-    const answer = await act(`Send ${task.name} again with the same arguments (as a new task)?`,
+    const where = task.queue ? `to ${task.queue}` : "to the monitor's default queue (its events did not say the queue)";
+    const answer = await act(`Send ${task.name} again with the same arguments, as a new task, ${where}?`,
       () => post(`/api/dashboard/tasks/${encodeURIComponent(id)}/retry`), (result) => `Sent again as ${result["task-id"]}`);
     if (answer && answer["task-id"]) location.assign(paths.task(answer["task-id"]));
   }

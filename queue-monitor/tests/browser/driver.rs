@@ -267,26 +267,25 @@ impl Browser {
         .await;
     }
 
-    /// Clicks the element matching `css` (waiting for it to exist).
+    /// Clicks the element matching `css`, waiting for it to exist. The pages redraw as
+    /// live updates come, so an element found may be replaced before the click lands: then
+    /// it is found again.
     pub async fn click(&self, css: &str) {
-        self.wait_present(css).await;
-        let element = self
-            .client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|error| panic!("find {css}: {error}"));
-        element
-            .click()
-            .await
-            .unwrap_or_else(|error| panic!("click {css}: {error}"));
+        self.wait_for(&format!("{css} to click"), || async {
+            let element = self.client.find(Locator::Css(css)).await.ok()?;
+            element.click().await.ok()
+        })
+        .await;
     }
 
     /// Types `text` into the input matching `css`, replacing what it held.
     pub async fn type_into(&self, css: &str, text: &str) {
-        self.wait_present(css).await;
-        let element = self.client.find(Locator::Css(css)).await.unwrap();
-        element.clear().await.unwrap();
-        element.send_keys(text).await.unwrap();
+        self.wait_for(&format!("{css} to type into"), || async {
+            let element = self.client.find(Locator::Css(css)).await.ok()?;
+            element.clear().await.ok()?;
+            element.send_keys(text).await.ok()
+        })
+        .await;
     }
 
     /// Answers the page's confirmation dialog with Confirm.
