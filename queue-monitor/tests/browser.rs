@@ -162,8 +162,24 @@ async fn rust_worker_pages(tools: Tools, builder: queue::AppBuilder, prefix: &st
             .await
             .unwrap();
     }
+    // And a steady trickle while the test runs, as a live cluster has: naps of various
+    // lengths, now and then a failure (pacing, not synchronisation).
+    let traffic = tokio::spawn({
+        let (app, queue) = (app.clone(), queue.clone());
+        async move {
+            for n in 1u64.. {
+                let signature = if n % 9 == 0 {
+                    Signature::new("browser.fail").arg("a background failure")
+                } else {
+                    Signature::new("browser.nap").arg(10 + (n * 37) % 180)
+                };
+                let _ = signature.queue(&queue).send(&app).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
     let failed = Signature::new("browser.fail")
-        .arg("<img src=x onerror=alert(1)> on purpose")
+        .arg(format!("<img src=x onerror=alert(1)> on purpose {id}"))
         .queue(&queue)
         .send(&app)
         .await
@@ -212,7 +228,10 @@ async fn rust_worker_pages(tools: Tools, builder: queue::AppBuilder, prefix: &st
 
     // A search in Flower's syntax narrows the list to the failure.
     browser
-        .type_into("#search", "state:FAILURE name:browser.fail")
+        .type_into(
+            "#search",
+            &format!("state:FAILURE name:browser.fail args:{id}"),
+        )
         .await;
     browser.click("#task-search button[type=submit]").await;
     browser.wait_text("#task-count", "1 found").await;
@@ -274,7 +293,13 @@ async fn rust_worker_pages(tools: Tools, builder: queue::AppBuilder, prefix: &st
         .active(false)
         .await
         .unwrap();
-    assert_eq!(active.get(&node), Some(&json!([])), "{active:?}");
+    let still_running = active
+        .get(&node)
+        .and_then(serde_json::Value::as_array)
+        .expect("our worker answers active")
+        .iter()
+        .any(|task| task["id"] == json!(running.id()));
+    assert!(!still_running, "the terminated task still runs: {active:?}");
     browser.screenshot("task-revoked").await;
 
     // 4. The queues page shows a backlog that was created (a queue no worker consumes).
@@ -398,8 +423,9 @@ async fn rust_worker_pages(tools: Tools, builder: queue::AppBuilder, prefix: &st
         .await;
     browser.screenshot("overview").await;
 
-    keep_for_docs(prefix, &["overview", "queues", "workers", "tasks", "task"]);
+    keep_for_docs(prefix, &["overview", "tasks", "task"]);
     browser.close().await;
+    traffic.abort();
     tokio::time::timeout(WAIT, worker.shutdown())
         .await
         .expect("the worker stops")

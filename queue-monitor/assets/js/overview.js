@@ -6,6 +6,31 @@ import { timeChart } from "./charts.js";
 
 const REFRESH_MS = 5000;
 
+// Buckets kept before the first one with any task, so a young monitor's charts are not a
+// long flat line (the whole window shows once it has history).
+const LEAD = 5;
+
+// The overview without its leading empty buckets (the same cut for every series).
+function trimmed(overview) {
+  const active = (values) => values.findIndex((value) => value !== null && value !== 0);
+  const firsts = [active(overview.series.tasks_per_second)]
+    .concat(Object.values(overview.task_types).map((type) => active(type.time.map((_, index) => (type.succeeded[index] || 0) + (type.failed[index] || 0)))))
+    .filter((index) => index >= 0);
+  const first = firsts.length ? Math.min(...firsts) : overview.series.time.length;
+  const start = overview.series.time[Math.max(0, Math.min(first, overview.series.time.length - LEAD) - LEAD)];
+  if (start === undefined) return overview;
+  const cut = (columns) => {
+    const from = columns.time.findIndex((moment) => moment >= start);
+    if (from <= 0) return columns;
+    return Object.fromEntries(Object.entries(columns).map(([key, values]) => [key, Array.isArray(values) ? values.slice(from) : values]));
+  };
+  return {
+    ...overview,
+    series: cut(overview.series),
+    task_types: Object.fromEntries(Object.entries(overview.task_types).map(([name, type]) => [name, cut(type)])),
+  };
+}
+
 export async function render(main) {
   const cards = el("div", { class: "cards", id: "overview-cards" });
   const throughput = timeChart("Tasks per second", [{ label: "succeeded + failed" }, { label: "failed", color: "#dc2626" }], "rate");
@@ -88,7 +113,7 @@ export async function render(main) {
   };
 
   const refresh = async () => {
-    overview = await get("/api/dashboard/overview");
+    overview = trimmed(await get("/api/dashboard/overview"));
     const series = overview.series;
     document.getElementById("overview-window").textContent =
       `last ${duration(series.time.length * overview.bucket_seconds)}, ${duration(overview.bucket_seconds)} buckets`;
