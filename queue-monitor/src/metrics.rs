@@ -72,6 +72,8 @@ pub struct Metrics {
     events_received: Counter,
     events_dropped: Counter,
     store_dropped: Counter,
+    priorities_seen:
+        std::sync::Mutex<std::collections::HashMap<String, std::collections::BTreeSet<u8>>>,
 }
 
 impl Default for Metrics {
@@ -123,6 +125,7 @@ impl Metrics {
             events_received: Counter::default(),
             events_dropped: Counter::default(),
             store_dropped: Counter::default(),
+            priorities_seen: Default::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -284,7 +287,23 @@ impl Metrics {
         let labels = QueueLabels {
             queue: gauges.queue.to_owned(),
         };
-        for (priority, count) in &gauges.by_priority {
+        // A priority seen before and empty now reads 0 (not its last count), and an empty
+        // queue still has a series (priority 0), so that a dashboard shows zero.
+        let mut priorities = {
+            let mut seen = self
+                .priorities_seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let known = seen.entry(gauges.queue.to_owned()).or_default();
+            known.insert(0);
+            known.extend(gauges.by_priority.iter().map(|(priority, _)| *priority));
+            known
+                .iter()
+                .map(|priority| (*priority, 0))
+                .collect::<std::collections::BTreeMap<u8, u64>>()
+        };
+        priorities.extend(gauges.by_priority.iter().copied());
+        for (priority, count) in &priorities {
             self.queue_length
                 .get_or_create(&PriorityLabels {
                     queue: gauges.queue.to_owned(),
@@ -295,8 +314,14 @@ impl Metrics {
         self.queue_messages
             .get_or_create(&labels)
             .set(gauge_value(gauges.messages));
-        if let Some(age) = gauges.oldest_age {
-            self.oldest_age.get_or_create(&labels).set(age);
+        match gauges.oldest_age {
+            Some(age) => {
+                self.oldest_age.get_or_create(&labels).set(age);
+            }
+            None if gauges.messages == 0 => {
+                self.oldest_age.get_or_create(&labels).set(0.0);
+            }
+            None => {}
         }
         if let Some(delayed) = gauges.delayed {
             self.delayed

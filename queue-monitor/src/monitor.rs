@@ -116,9 +116,16 @@ impl Monitor {
         }
         let (store, writer) =
             Store::open(self.history.as_deref(), self.settings.write_queue).await?;
-        let state = MonitorState::new(self.app, self.settings, auth, store, self.queues);
-        reload(&state).await;
         let (stop, stopped) = watch::channel(false);
+        let state = MonitorState::new(
+            self.app,
+            self.settings,
+            auth,
+            store,
+            self.queues,
+            stopped.clone(),
+        );
+        reload(&state).await;
         let settings = state.settings().clone();
         let writer = tokio::spawn(writer.run(stopped.clone()));
         let mut background = vec![

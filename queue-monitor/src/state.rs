@@ -47,6 +47,7 @@ struct Inner {
     live: broadcast::Sender<LiveMessage>,
     events_received: AtomicU64,
     events_dropped: AtomicU64,
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for MonitorState {
@@ -73,6 +74,7 @@ impl MonitorState {
         auth: Auth,
         store: Store,
         extra_queues: Vec<String>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         let broker_url = app
             .broker_url()
@@ -103,6 +105,7 @@ impl MonitorState {
                 live,
                 events_received: AtomicU64::new(0),
                 events_dropped: AtomicU64::new(0),
+                stop,
             }),
         }
     }
@@ -161,6 +164,11 @@ impl MonitorState {
     /// Queues given on the command line (watched whether or not a worker consumes them).
     pub fn extra_queues(&self) -> &[String] {
         &self.inner.extra_queues
+    }
+
+    /// Turns true when the monitor stops (long-lived answers such as `/api/live` end then).
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.stop.clone()
     }
 
     pub(crate) fn auth(&self) -> &Auth {

@@ -39,7 +39,10 @@ async fn live(
         Some((Ok(event), receiver))
     });
     use futures::StreamExt;
-    Sse::new(first.chain(updates)).keep_alive(
+    // Ends when the monitor stops, so that a graceful shutdown does not wait on browsers.
+    let mut stopping = state.stopping();
+    let stopped = async move { crate::stopped(&mut stopping).await };
+    Sse::new(first.chain(updates).take_until(Box::pin(stopped))).keep_alive(
         KeepAlive::new()
             .interval(Duration::from_secs(15))
             .text("keep-alive"),
