@@ -1,7 +1,7 @@
 //! The monitor's pages as a person uses them, in a real headless Chromium driven over
-//! WebDriver: a real worker (ours with task events, in-process, on the memory broker and on
-//! Redis; or the real Python Celery worker on Redis), the monitor serving on 127.0.0.1, and
-//! the browser clicking through the pages. A sent task shows on the tasks page without a
+//! WebDriver: our worker (task events on, in-process, on the memory broker and on Redis),
+//! the monitor serving on 127.0.0.1, and the browser clicking through the pages (the Python
+//! cluster is in `browser_python.rs`, pages behind authentication in `browser_auth.rs`). A sent task shows on the tasks page without a
 //! reload and its page shows the result; Terminate clicked on a running task's page stops it
 //! (REVOKED); the queues page shows a backlog; dead letters are purged and a delayed task run
 //! now from a queue's page; a worker's pool grows from its page. Screenshots of every page go
@@ -10,17 +10,15 @@
 
 mod browser {
     pub mod driver;
-    pub mod python;
+    pub mod support;
 }
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use browser::driver::{Browser, Tools, WAIT, tools};
-use browser::python::{self, PythonWorker};
+use browser::support::{keep_for_docs, monitor, path_segment, quoted, unique, until_state};
 use queue::{App, MemoryBackend, MemoryBroker, Signature, TaskState, Worker, task};
-use queue_monitor::{Auth, Monitor, RunningMonitor, Settings};
 use serde_json::json;
 
 #[task(name = "browser.add")]
@@ -43,85 +41,6 @@ fn fail(message: String) -> Result<(), queue::TaskError> {
 async fn nap(milliseconds: u64) -> u64 {
     tokio::time::sleep(Duration::from_millis(milliseconds)).await;
     milliseconds
-}
-
-fn unique() -> String {
-    format!("{:08x}", rand::random::<u32>())
-}
-
-/// Quick polls so the pages change within a second; small overview buckets so the charts
-/// have several points within a test.
-fn settings() -> Settings {
-    Settings {
-        inspect_interval: Duration::from_millis(700),
-        queue_interval: Duration::from_millis(500),
-        live_interval: Duration::from_millis(250),
-        overview_bucket: Duration::from_secs(2),
-        overview_buckets: 90,
-        ..Settings::default()
-    }
-}
-
-/// The monitor of `app` on a free loopback port, with its history in `history_dir`,
-/// also watching `queues`.
-async fn monitor(app: App, history_dir: &Path, queues: &[&str]) -> RunningMonitor {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let history = format!("sqlite://{}", history_dir.join("history.sqlite").display());
-    let mut monitor = Monitor::new(app)
-        .history(history)
-        .auth(Auth::none())
-        .settings(settings());
-    for queue in queues {
-        monitor = monitor.queue(*queue);
-    }
-    monitor.start(listener).await.expect("the monitor starts")
-}
-
-/// A CSS attribute selector's value, quoted.
-fn quoted(value: &str) -> String {
-    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-fn path_segment(value: &str) -> String {
-    value
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (byte as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
-/// Waits until the result backend says `result`'s task is in `state`.
-async fn until_state(result: &queue::AsyncResult, state: TaskState) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let now = result.state().await.unwrap();
-        if now == state {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the task is {now:?}, not {state:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Copies the screenshots the README shows into `docs/` (only when asked: a test run
-/// should not change the work tree).
-fn keep_for_docs(browser_prefix: &str, pages: &[&str]) {
-    if std::env::var("QUEUE_MONITOR_DOCS_SCREENSHOTS").as_deref() != Ok("1") {
-        return;
-    }
-    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
-    std::fs::create_dir_all(&docs).unwrap();
-    for page in pages {
-        let from = browser::driver::artifacts_dir().join(format!("{browser_prefix}-{page}.png"));
-        std::fs::copy(&from, docs.join(format!("monitor-{page}.png"))).unwrap();
-    }
 }
 
 /// Our worker and its monitor: everything a person checks in the pages.
@@ -450,107 +369,4 @@ async fn redis_worker_pages_in_chromium() {
     let Some(tools) = tools() else { return };
     let builder = App::builder().broker(url.clone()).backend(url);
     rust_worker_pages(tools, builder, "redis").await;
-}
-
-/// A Python-only cluster: the real Celery worker on Redis, the monitor beside it, and
-/// nothing of ours running tasks. Its worker and tasks show in the pages.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_cluster_pages_in_chromium() {
-    let Some(url) = queue_core::conformance::server_url("QUEUE_TEST_REDIS_URL") else {
-        return;
-    };
-    let Some(python) = python::python() else {
-        return;
-    };
-    let Some(tools) = tools() else { return };
-    let id = unique();
-    let queue = format!("browser.py.{id}");
-    let node = format!("py-browser-{id}@localhost");
-    let worker = {
-        let (python, url, queue, node) = (python.clone(), url.clone(), queue.clone(), node.clone());
-        tokio::task::spawn_blocking(move || {
-            PythonWorker::start(&python, &url, &url, &[&queue], &node)
-        })
-        .await
-        .unwrap()
-    };
-    let app = App::builder()
-        .broker(url.clone())
-        .backend(url)
-        .build()
-        .await
-        .expect("connect to Redis");
-    let history = tempfile::tempdir().unwrap();
-    let monitor = monitor(app.clone(), history.path(), &[]).await;
-    let base = format!("http://{}", monitor.address());
-    let browser = Browser::start(&tools, &base, "python").await;
-
-    // The worker: online, Celery's software, its queue, its registered tasks.
-    browser.open("/workers").await;
-    let worker_row = format!("#worker-table tr[data-worker={}]", quoted(&node));
-    browser.wait_text(&worker_row, "online").await;
-    let row = browser.wait_text(&worker_row, "py-celery").await;
-    assert!(row.contains(&queue), "{row}");
-    browser.screenshot("workers").await;
-    browser
-        .open(&format!("/workers/{}", path_segment(&node)))
-        .await;
-    browser.wait_text("#worker-queues", &queue).await;
-    browser.wait_text("#main", "tasks.sleep").await;
-    browser.screenshot("worker").await;
-
-    // Its tasks: sent after the page loaded, shown live, with their results.
-    let filtered = format!("/tasks?worker={}", path_segment(&node));
-    browser.open(&filtered).await;
-    let sum = Signature::new("tasks.add")
-        .args(vec![json!(20), json!(22)])
-        .queue(&queue)
-        .send(&app)
-        .await
-        .unwrap();
-    let failed = Signature::new("tasks.fail")
-        .arg("from Python")
-        .queue(&queue)
-        .send(&app)
-        .await
-        .unwrap();
-    browser
-        .wait_present(&format!(
-            "#task-table tr[data-task={}][data-state=\"SUCCESS\"]",
-            quoted(sum.id())
-        ))
-        .await;
-    browser
-        .wait_present(&format!(
-            "#task-table tr[data-task={}][data-state=\"FAILURE\"]",
-            quoted(failed.id())
-        ))
-        .await;
-    browser.screenshot("tasks").await;
-    browser.open(&format!("/tasks/{}", sum.id())).await;
-    browser.wait_text("#task-state", "SUCCESS").await;
-    assert_eq!(browser.wait_text("#task-result", "42").await.trim(), "42");
-    browser.screenshot("task").await;
-    browser.open(&format!("/tasks/{}", failed.id())).await;
-    browser.wait_text("#task-outcome", "Traceback").await;
-    browser
-        .wait_text("#task-outcome", "ValueError: from Python")
-        .await;
-
-    // Its queue, with the Python worker as its consumer.
-    browser.open("/queues").await;
-    browser
-        .wait_text(
-            &format!("#queue-table tr[data-queue={}]", quoted(&queue)),
-            &node,
-        )
-        .await;
-    browser.screenshot("queues").await;
-    browser.open("/").await;
-    browser.wait_text("#task-types", "tasks.add").await;
-    browser.screenshot("overview").await;
-
-    browser.close().await;
-    monitor.shutdown().await.unwrap();
-    drop(worker);
 }
