@@ -16,6 +16,8 @@ use crate::settings::Settings;
 use crate::state::{MonitorState, now};
 use crate::store::Store;
 
+/// How long a start waits for the event subscription.
+const SUBSCRIBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Tasks read back on start to rebuild the overview's series.
 const REPLAYED_TASKS: usize = 200_000;
 /// Queue samples read back on start.
@@ -128,8 +130,13 @@ impl Monitor {
         reload(&state).await;
         let settings = state.settings().clone();
         let writer = tokio::spawn(writer.run(stopped.clone()));
+        let (subscribed, listening) = tokio::sync::oneshot::channel();
         let mut background = vec![
-            tokio::spawn(crate::ingest::events::run(state.clone(), stopped.clone())),
+            tokio::spawn(crate::ingest::events::run(
+                state.clone(),
+                stopped.clone(),
+                subscribed,
+            )),
             tokio::spawn(crate::api::live::ticker(state.clone(), stopped.clone())),
         ];
         let polled = state.clone();
@@ -163,6 +170,14 @@ impl Monitor {
                 async move { pollers::prune(&state).await }
             },
         )));
+        // Events sent from now on are seen (a broker that is down does not hold the start up
+        // for long: the subscription keeps retrying in the background).
+        if tokio::time::timeout(SUBSCRIBE_WAIT, listening)
+            .await
+            .is_err()
+        {
+            tracing::warn!("not yet subscribed to the workers' events; retrying in the background");
+        }
         let router = app_router(state.clone());
         let mut server_stopped = stopped;
         let server = tokio::spawn(async move {

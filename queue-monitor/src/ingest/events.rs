@@ -30,8 +30,13 @@ fn adjust(timestamp: f64, offset: f64, here: f64) -> f64 {
     timestamp - (offset - here) * 3600.0
 }
 
-/// Consumes events until `stop`.
-pub(crate) async fn run(state: MonitorState, mut stop: watch::Receiver<bool>) {
+/// Consumes events until `stop`; `ready` fires once subscribed (or when it cannot be).
+pub(crate) async fn run(
+    state: MonitorState,
+    mut stop: watch::Receiver<bool>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
     let Some(broadcast) = state.app().broker().clone().broadcast() else {
         tracing::warn!("this broker cannot broadcast: no events (inspect and queues still work)");
         return;
@@ -58,6 +63,9 @@ pub(crate) async fn run(state: MonitorState, mut stop: watch::Receiver<bool>) {
             }
         };
         backoff = Duration::from_millis(200);
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
         // As Celery's receivers (`wakeup_workers`): workers answer with a heartbeat at once.
         let _ = state.app().control().cast("heartbeat", Map::new()).await;
         loop {
