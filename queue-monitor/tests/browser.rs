@@ -1,11 +1,13 @@
 //! The monitor's pages as a person uses them, in a real headless Chromium driven over
-//! WebDriver: our worker (task events on, in-process, on the memory broker and on Redis),
-//! the monitor serving on 127.0.0.1, and the browser clicking through the pages (the Python
-//! cluster is in `browser_python.rs`, pages behind authentication in `browser_auth.rs`). A sent task shows on the tasks page without a
-//! reload and its page shows the result; Terminate clicked on a running task's page stops it
-//! (REVOKED); the queues page shows a backlog; dead letters are purged and a delayed task run
-//! now from a queue's page; a worker's pool grows from its page. Screenshots of every page go
-//! to `target/test-artifacts/monitor/` (and, with `QUEUE_MONITOR_DOCS_SCREENSHOTS=1`, the
+//! WebDriver: our worker (task events on, in-process, on the memory broker, Redis and
+//! RabbitMQ), the monitor serving on 127.0.0.1, and the browser clicking through the pages
+//! (the Python cluster is in `browser_python.rs`, pages behind authentication in
+//! `browser_auth.rs`). A sent task shows on the tasks page without a reload and its page
+//! shows the result; Send again runs it anew; Terminate clicked on a running task's page
+//! stops it (REVOKED); the queues page shows a backlog; a dead letter is purged and a
+//! delayed task run now from a queue's page; a worker's pool grows, a consumer comes and
+//! goes and a rate limit is set from its page. Screenshots of every page go to
+//! `target/test-artifacts/monitor/` (and, with `QUEUE_MONITOR_DOCS_SCREENSHOTS=1`, the
 //! README's to `docs/`).
 
 mod browser {
@@ -369,4 +371,17 @@ async fn redis_worker_pages_in_chromium() {
     let Some(tools) = tools() else { return };
     let builder = App::builder().broker(url.clone()).backend(url);
     rust_worker_pages(tools, builder, "redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_worker_pages_in_chromium() {
+    let Some(broker) = queue_core::conformance::server_url("QUEUE_TEST_AMQP_URL") else {
+        return;
+    };
+    let Some(backend) = queue_core::conformance::server_url("QUEUE_TEST_REDIS_URL") else {
+        return;
+    };
+    let Some(tools) = tools() else { return };
+    let builder = App::builder().broker(broker).backend(backend);
+    rust_worker_pages(tools, builder, "amqp").await;
 }

@@ -14,6 +14,9 @@ const formats = {
 // The least top of the value axis, so a quiet series does not fill the chart with noise.
 const floors = { count: 1, rate: 1, seconds: 0.001, ratio: 0.01 };
 
+// Time axis steps in seconds: whole seconds and up (the labels show no fractions).
+const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800];
+
 // Axis times as the local wall clock.
 function clock(epoch) {
   return new Date(epoch * 1000).toLocaleTimeString(undefined, { hour12: false });
@@ -34,7 +37,7 @@ export function timeChart(title, series, kind = "count", height = 220) {
     cursor: { drag: { x: true, y: false } },
     scales: { x: { time: true }, y: { range: (_, min, max) => [Math.min(0, min ?? 0), Math.max(max ?? 0, floors[kind] ?? 1) * 1.1] } },
     axes: [
-      { stroke: "#667085", grid: { stroke: "#eef1f5" }, values: (_, ticks) => ticks.map(clock) },
+      { stroke: "#667085", grid: { stroke: "#eef1f5" }, incrs: TIME_STEPS, values: (_, ticks) => ticks.map(clock) },
       { stroke: "#667085", grid: { stroke: "#eef1f5" }, size: 70, values: (_, ticks) => ticks.map(format) },
     ],
     series: [

@@ -71,7 +71,7 @@ export async function render(main) {
       el("td", {}, message.reason || message.undecodable || ""),
       el("td", { class: "num" }, number(message.retries))));
     fill(deadLetters,
-      el("p", { class: "muted" }, `${number(answer.total ?? answer.messages.length)} dead letter(s)${answer.messages.length < (answer.total || 0) ? `, the oldest ${answer.messages.length} shown` : ""}.`),
+      el("p", { class: "muted" }, `${number(Math.max(answer.total ?? 0, answer.messages.length))} dead letter(s)${answer.messages.length < (answer.total || 0) ? `, the oldest ${answer.messages.length} shown` : ""}.`),
       table(["", "Task id", "Task", "Arguments", "Reason", { text: "Retries", class: "num" }], rows, "No dead letters."),
       el("div", { class: "actions" },
         el("button", { id: "requeue-selected", onclick: () => requeue(selection(deadLetters)) }, "Requeue selected"),
@@ -95,7 +95,7 @@ export async function render(main) {
       el("td", { title: message.eta || "" }, message.due ? `${time(message.due)} (${duration(Math.max(0, message.due - Date.now() / 1000))})` : "–"),
       el("td", {}, message.id ? el("button", { class: "run-now", onclick: () => runNow([message.id]) }, "Run now") : "")));
     fill(delayed,
-      el("p", { class: "muted" }, `${number(answer.total ?? answer.messages.length)} delayed task(s), soonest first.`),
+      el("p", { class: "muted" }, `${number(Math.max(answer.total ?? 0, answer.messages.length))} delayed task(s), soonest first.`),
       table(["", "Task id", "Task", "Arguments", "Due", ""], rows, "No delayed tasks."),
       el("div", { class: "actions" },
         el("button", { id: "run-selected", onclick: () => runNow(selection(delayed)) }, "Run selected now")));
