@@ -15,6 +15,13 @@ const pages = {
 // Which nav entry a page belongs to.
 const sections = { queue: "queues", worker: "workers", task: "tasks" };
 
+// Anything the Content-Security-Policy blocked is a bug of these pages: counted where the
+// browser tests look, and logged.
+addEventListener("securitypolicyviolation", (event) => {
+  document.body.dataset.policyViolations = String(Number(document.body.dataset.policyViolations || 0) + 1);
+  console.error(`blocked by the Content-Security-Policy: ${event.violatedDirective} ${event.blockedURI}`);
+});
+
 async function start() {
   const page = document.body.dataset.page;
   const section = sections[page] || page;

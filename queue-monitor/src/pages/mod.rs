@@ -16,11 +16,10 @@ use axum::routing::get;
 
 use crate::state::MonitorState;
 
-/// Scripts, styles, fetches and the live stream from this origin only; no plugin, no frame,
-/// no inline script (the pages have none). Images: ours and `data:` (the chart library's
-/// canvas exports nothing; `data:` is for the favicon fallback of some browsers).
+/// Scripts, styles, images, fetches and the live stream from this origin only; no plugin,
+/// no frame, no inline script (the pages have none).
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; img-src 'self' data:; connect-src 'self'; font-src 'self'; \
+     style-src 'self'; img-src 'self'; connect-src 'self'; font-src 'self'; \
      base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// The shell every page shares; `{page}` and `{title}` are ours, never user input.

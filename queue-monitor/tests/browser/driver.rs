@@ -305,7 +305,20 @@ impl Browser {
     }
 
     /// Saves a screenshot of the whole page as `<prefix>-<name>.png`; returns its path.
+    /// Fails if the page's Content-Security-Policy blocked anything on it.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
+        let blocked = self
+            .client
+            .execute(
+                "return document.body.dataset.policyViolations || null;",
+                vec![],
+            )
+            .await
+            .unwrap_or_default();
+        assert!(
+            blocked.is_null(),
+            "{name}: the Content-Security-Policy blocked {blocked} thing(s)"
+        );
         // The window grows to the page's height so the picture shows all of it.
         let height = self
             .client
