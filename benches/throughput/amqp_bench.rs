@@ -196,22 +196,22 @@ from kombu import Exchange, Queue
 url, queue, count, prefetch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 app = Celery("bench", broker=url)
 app.conf.update(task_acks_late=True, task_ignore_result=True, worker_prefetch_multiplier=prefetch,
-            worker_redirect_stdouts=False,
-            task_queues=[Queue(queue, Exchange(queue), routing_key=queue,
-                               queue_arguments={"x-expires": int(sys.argv[5])})])
+                worker_redirect_stdouts=False,
+                task_queues=[Queue(queue, Exchange(queue), routing_key=queue,
+                                   queue_arguments={"x-expires": int(sys.argv[5])})])
 state = {"n": 0, "t0": None, "cpu0": None}
 @app.task(name="bench.noop", ignore_result=True, acks_late=True)
 def noop():
-if state["t0"] is None:
-    state["t0"], state["cpu0"] = time.perf_counter(), time.process_time()
-state["n"] += 1
-if state["n"] == count:
-    rate = count / (time.perf_counter() - state["t0"])
-    cpu = (time.process_time() - state["cpu0"]) * 1e6 / count
-    print(f"RATE {rate:.1f} {cpu:.1f}", flush=True)
-    os._exit(0)
+    if state["t0"] is None:
+        state["t0"], state["cpu0"] = time.perf_counter(), time.process_time()
+    state["n"] += 1
+    if state["n"] == count:
+        rate = count / (time.perf_counter() - state["t0"])
+        cpu = (time.process_time() - state["cpu0"]) * 1e6 / count
+        print(f"RATE {rate:.1f} {cpu:.1f}", flush=True)
+        os._exit(0)
 app.worker_main(["worker", "-Q", queue, "--pool=solo", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "--loglevel=WARNING"])
+                 "--without-heartbeat", "--loglevel=WARNING"])
 "#;
 
 /// Python Celery 5.7 draining `count` tasks we queued on the same server, or `None`

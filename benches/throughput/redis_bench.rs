@@ -243,24 +243,24 @@ app = Celery("bench", broker=url, backend=backend)
 app.conf.update(task_acks_late=True, worker_prefetch_multiplier=4, task_default_queue=queue)
 state = {"n": 0, "t0": None, "c0": None}
 def count_one():
-if state["t0"] is None:
-    state["t0"], state["c0"] = time.perf_counter(), time.process_time()
-state["n"] += 1
-if state["n"] == count:
-    elapsed = time.perf_counter() - state["t0"]
-    cpu = time.process_time() - state["c0"]
-    # The worker redirects stdout into its logger: write to the real one.
-    print("RATE", count / elapsed, "CPU", cpu * 1e6 / count, file=sys.__stdout__, flush=True)
-    os._exit(0)
+    if state["t0"] is None:
+        state["t0"], state["c0"] = time.perf_counter(), time.process_time()
+    state["n"] += 1
+    if state["n"] == count:
+        elapsed = time.perf_counter() - state["t0"]
+        cpu = time.process_time() - state["c0"]
+        # The worker redirects stdout into its logger: write to the real one.
+        print("RATE", count / elapsed, "CPU", cpu * 1e6 / count, file=sys.__stdout__, flush=True)
+        os._exit(0)
 @app.task(name="bench.noop", ignore_result=True, acks_late=True)
 def noop():
-count_one()
+    count_one()
 @app.task(name="bench.noop_result", acks_late=True)
 def noop_result():
-# The last task's result is stored after this returns; the rate counts the work.
-count_one()
+    # The last task's result is stored after this returns; the rate counts the work.
+    count_one()
 app.worker_main(["worker", "-Q", queue, "--pool=solo", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "--loglevel=WARNING"])
+                 "--without-heartbeat", "--loglevel=WARNING"])
 "#;
 
 /// Python Celery 5.7 (solo pool, acks late, prefetch multiplier 4) draining `count`
