@@ -48,6 +48,11 @@ pub fn is_root() -> bool {
 pub fn cargo() -> Command {
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(repo_root());
+    // A CI run builds once from a clean clone: incremental caches (GiBs) are never reused
+    // there and only fill the disk.
+    if is_ci() && env::var_os("CARGO_INCREMENTAL").is_none() {
+        cmd.env("CARGO_INCREMENTAL", "0");
+    }
     cmd
 }
 
