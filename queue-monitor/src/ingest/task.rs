@@ -257,9 +257,9 @@ impl Task {
 
 /// Longest text kept of args, kwargs, result, exception (memory and history stay bounded
 /// whatever a task sends; Celery's own reprs stop at 1024 characters).
-pub const MAX_TEXT: usize = 16 * 1024;
+pub const MAX_TEXT: usize = 4 * 1024;
 /// Longest traceback kept.
-pub const MAX_TRACEBACK: usize = 64 * 1024;
+pub const MAX_TRACEBACK: usize = 32 * 1024;
 
 /// `text` cut to at most `limit` bytes (on a character boundary), marked with `…` when cut.
 pub fn truncate(text: &str, limit: usize) -> String {

@@ -10,6 +10,9 @@ pub mod query;
 mod read;
 pub mod schema;
 mod search;
+mod sql;
+#[cfg(test)]
+mod sqlite_tests;
 mod writer;
 
 use std::str::FromStr;
@@ -58,6 +61,8 @@ pub enum Write {
     Worker(Box<Worker>),
     /// A queue's backlog at one moment.
     QueueSample(QueueSample),
+    /// Answered once everything queued before it is committed.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The database behind the store.
@@ -145,6 +150,15 @@ impl Store {
     pub fn write(&self, write: Write) {
         if self.inner.sender.try_send(write).is_err() {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until every write queued before this call is committed (waits for room in the
+    /// queue rather than dropping; returns at once if the writer stopped).
+    pub async fn flush(&self) {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        if self.inner.sender.send(Write::Flush(done)).await.is_ok() {
+            let _ = committed.await;
         }
     }
 

@@ -3,13 +3,17 @@
 
 use std::time::Instant;
 
-use super::query::{Field, Query};
-use super::schema::POSTGRES_TEXT;
+use super::query::Query;
 use super::{Backend, Store, StoreError, on_pool};
 use crate::ingest::task::Task;
 
 /// Matches counted at most (a count beyond says "more than").
-pub const COUNT_CAP: i64 = 10_000;
+pub const COUNT_CAP: i64 = 1_000;
+
+/// The tables of a search driven by the text index.
+/// (`CROSS JOIN`: SQLite keeps the text index as the outer loop.)
+const TEXT_DRIVEN: &str =
+    "monitor_tasks_text CROSS JOIN monitor_tasks AS t ON t.rowid = monitor_tasks_text.rowid";
 
 /// What a search sorts by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -104,183 +108,7 @@ pub struct SearchPage {
     pub took_ms: f64,
 }
 
-#[derive(Clone, Debug)]
-enum Bind {
-    Text(String),
-    Real(f64),
-    Int(i64),
-}
-
-/// SQL with `?` placeholders and their values (numbered `$n` for PostgreSQL at the end).
-#[derive(Default)]
-struct Sql {
-    text: String,
-    binds: Vec<Bind>,
-}
-
-impl Sql {
-    fn push(&mut self, text: &str) -> &mut Self {
-        self.text.push_str(text);
-        self
-    }
-
-    fn bind(&mut self, value: Bind) -> &mut Self {
-        self.text.push('?');
-        self.binds.push(value);
-        self
-    }
-
-    fn finish(&self, postgres: bool) -> String {
-        if !postgres {
-            return self.text.clone();
-        }
-        let mut numbered = String::with_capacity(self.text.len() + 16);
-        let mut index = 0;
-        for char in self.text.chars() {
-            if char == '?' {
-                index += 1;
-                numbered.push_str(&format!("${index}"));
-            } else {
-                numbered.push(char);
-            }
-        }
-        numbered
-    }
-}
-
-/// An FTS5 phrase (`"…"`, quotes doubled), optionally limited to one column.
-fn fts_phrase(column: Option<&str>, text: &str) -> String {
-    let phrase = format!("\"{}\"", text.replace('"', "\"\""));
-    match column {
-        Some(column) => format!("{column} : {phrase}"),
-        None => phrase,
-    }
-}
-
-/// A `LIKE` pattern matching `text` anywhere, lower-cased, with `\` as escape.
-fn like_anywhere(text: &str) -> String {
-    let escaped = text
-        .to_lowercase()
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
-    format!("%{escaped}%")
-}
-
-fn push_text(sql: &mut Sql, postgres: bool, column: Option<&str>, phrases: &[String]) {
-    if postgres {
-        let target = match column {
-            Some(column) => format!("lower(coalesce({column}, ''))"),
-            None => POSTGRES_TEXT.to_owned(),
-        };
-        sql.push("(");
-        for (index, phrase) in phrases.iter().enumerate() {
-            if index > 0 {
-                sql.push(" OR ");
-            }
-            sql.push(&target)
-                .push(" LIKE ")
-                .bind(Bind::Text(like_anywhere(phrase)))
-                .push(" ESCAPE '\\'");
-        }
-        sql.push(")");
-    } else {
-        let expression = phrases
-            .iter()
-            .map(|phrase| fts_phrase(column, phrase))
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        sql.push("rowid IN (SELECT rowid FROM monitor_tasks_text WHERE monitor_tasks_text MATCH ")
-            .bind(Bind::Text(expression))
-            .push(")");
-    }
-}
-
-fn push_query(sql: &mut Sql, postgres: bool, query: &Query) {
-    match query {
-        Query::All => {
-            sql.push("1 = 1");
-        }
-        Query::Term(Some(Field::State), value) => {
-            sql.push("state = ").bind(Bind::Text(value.to_uppercase()));
-        }
-        Query::Term(field, value) => {
-            push_text(
-                sql,
-                postgres,
-                field.map(Field::column),
-                std::slice::from_ref(value),
-            );
-        }
-        Query::KwargsPair(key, value) => {
-            // The kwargs are a repr: `{'key': 'value'}` from Python and from us, or JSON.
-            let phrases = [
-                format!("'{key}': '{value}'"),
-                format!("'{key}': {value}"),
-                format!("\"{key}\": \"{value}\""),
-                format!("\"{key}\": {value}"),
-            ];
-            push_text(sql, postgres, Some("kwargs"), &phrases);
-        }
-        Query::And(children) | Query::Or(children) => {
-            let joiner = if matches!(query, Query::And(_)) {
-                " AND "
-            } else {
-                " OR "
-            };
-            sql.push("(");
-            for (index, child) in children.iter().enumerate() {
-                if index > 0 {
-                    sql.push(joiner);
-                }
-                push_query(sql, postgres, child);
-            }
-            sql.push(")");
-        }
-    }
-}
-
-fn push_filters(sql: &mut Sql, postgres: bool, search: &TaskSearch) {
-    sql.push(" WHERE 1 = 1");
-    if !search.states.is_empty() {
-        sql.push(" AND state IN (");
-        for (index, state) in search.states.iter().enumerate() {
-            if index > 0 {
-                sql.push(", ");
-            }
-            sql.bind(Bind::Text(state.to_uppercase()));
-        }
-        sql.push(")");
-    }
-    if let Some(name) = &search.name {
-        sql.push(" AND name = ").bind(Bind::Text(name.clone()));
-    }
-    if let Some(worker) = &search.worker {
-        sql.push(" AND worker = ").bind(Bind::Text(worker.clone()));
-    }
-    if let Some(from) = search.received_from {
-        sql.push(" AND (received IS NULL OR received >= ")
-            .bind(Bind::Real(from))
-            .push(")");
-    }
-    if let Some(to) = search.received_to {
-        sql.push(" AND (received IS NULL OR received <= ")
-            .bind(Bind::Real(to))
-            .push(")");
-    }
-    if let Some(from) = search.from {
-        sql.push(" AND timestamp >= ").bind(Bind::Real(from));
-    }
-    if let Some(to) = search.to {
-        sql.push(" AND timestamp <= ").bind(Bind::Real(to));
-    }
-    if let Some(query) = &search.query {
-        if *query != Query::All {
-            sql.push(" AND ");
-            push_query(sql, postgres, query);
-        }
-    }
-}
+use super::sql::{Bind, Dialect, Sql, TextSplit, fts_split, push_conditions, push_filters};
 
 macro_rules! bound {
     ($query:expr, $binds:expr) => {{
@@ -296,46 +124,57 @@ macro_rules! bound {
     }};
 }
 
+/// Text matches a count examines at most, newest first (beyond, the count says "at
+/// least": a broad term over a million tasks is counted in bounded time).
+const COUNT_WINDOW: i64 = 20_000;
+
+/// How one page is read.
+enum Plan {
+    /// Driven by the text index, newest first seen first: stops after a page of matches.
+    TextDriven,
+    /// One branch per state through the (name|worker, state, timestamp) indexes, merged:
+    /// several states never scan every row of a name for a rare state.
+    PerState,
+    /// The planner's choice (text terms as `rowid IN` the text index's matches).
+    Plain,
+}
+
 impl Store {
     /// One page of the tasks matching `search`.
     pub async fn search(&self, search: &TaskSearch) -> Result<SearchPage, StoreError> {
         let postgres = matches!(self.backend(), Backend::Postgres(_));
         let started = Instant::now();
-        let mut page = Sql::default();
-        page.push("SELECT data FROM monitor_tasks");
-        push_filters(&mut page, postgres, search);
-        let direction = if search.descending { " DESC" } else { " ASC" };
-        page.push(" ORDER BY ")
-            .push(search.sort.column())
-            .push(direction)
-            .push(", uuid")
-            .push(direction)
-            .push(" LIMIT ")
-            .bind(Bind::Int(search.limit.max(0)))
-            .push(" OFFSET ")
-            .bind(Bind::Int(search.offset.max(0)));
+        let split = if postgres {
+            None
+        } else {
+            search.query.as_ref().and_then(fts_split)
+        };
+        let newest_first = search.sort == Sort::Timestamp && search.descending;
+        let plan = if split.is_some() && newest_first {
+            Plan::TextDriven
+        } else if search.states.len() > 1 && search.sort == Sort::Timestamp {
+            Plan::PerState
+        } else {
+            Plan::Plain
+        };
+        let page = page_sql(search, postgres, &plan, split.as_ref());
         let text = page.finish(postgres);
         let rows: Vec<(String,)> = on_pool!(self.backend(), |pool, Db| {
             bound!(sqlx::query_as::<Db, (String,)>(&text), &page.binds)
                 .fetch_all(pool)
                 .await?
         });
-        let mut total = None;
+        let (mut total, mut capped) = (None, false);
         if search.count {
-            let mut count = Sql::default();
-            count.push("SELECT COUNT(*) FROM (SELECT 1 FROM monitor_tasks");
-            push_filters(&mut count, postgres, search);
-            count
-                .push(" LIMIT ")
-                .bind(Bind::Int(COUNT_CAP + 1))
-                .push(") AS matches");
+            let count = count_sql(search, postgres, split.as_ref());
             let text = count.finish(postgres);
-            let (counted,): (i64,) = on_pool!(self.backend(), |pool, Db| {
-                bound!(sqlx::query_as::<Db, (i64,)>(&text), &count.binds)
+            let (examined, matched): (i64, i64) = on_pool!(self.backend(), |pool, Db| {
+                bound!(sqlx::query_as::<Db, (i64, i64)>(&text), &count.binds)
                     .fetch_one(pool)
                     .await?
             });
-            total = Some(counted);
+            capped = matched > COUNT_CAP || (split.is_some() && examined >= COUNT_WINDOW);
+            total = Some(matched.min(COUNT_CAP));
         }
         let tasks = rows
             .into_iter()
@@ -343,41 +182,96 @@ impl Store {
             .collect();
         Ok(SearchPage {
             tasks,
-            total: total.map(|total| total.min(COUNT_CAP)),
-            total_capped: total.is_some_and(|total| total > COUNT_CAP),
+            total,
+            total_capped: capped,
             took_ms: started.elapsed().as_secs_f64() * 1000.0,
         })
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::query::parse;
+fn push_order(sql: &mut Sql, search: &TaskSearch) {
+    let direction = if search.descending { " DESC" } else { " ASC" };
+    sql.push(" ORDER BY ")
+        .push(search.sort.column())
+        .push(direction)
+        .push(", uuid")
+        .push(direction);
+}
 
-    #[test]
-    fn queries_become_sql_for_each_dialect() {
-        let search = TaskSearch {
-            query: Some(parse("state:failure args:\"4 2\"").unwrap()),
-            name: Some("tasks.add".into()),
-            limit: 10,
-            ..TaskSearch::default()
-        };
-        let mut sqlite = Sql::default();
-        push_filters(&mut sqlite, false, &search);
-        assert_eq!(
-            sqlite.finish(false),
-            " WHERE 1 = 1 AND name = ? AND (state = ? AND rowid IN (SELECT rowid FROM monitor_tasks_text WHERE monitor_tasks_text MATCH ?))"
-        );
-        assert!(matches!(&sqlite.binds[2], Bind::Text(text) if text == "args : \"4 2\""));
-        let mut postgres = Sql::default();
-        push_filters(&mut postgres, true, &search);
-        assert!(
-            postgres
-                .finish(true)
-                .contains("lower(coalesce(args, '')) LIKE $3 ESCAPE")
-        );
-        assert_eq!(like_anywhere("50%_x"), "%50\\%\\_x%");
-        assert_eq!(fts_phrase(None, "say \"hi\""), "\"say \"\"hi\"\"\"");
+fn push_page(sql: &mut Sql, search: &TaskSearch) {
+    sql.push(" LIMIT ")
+        .bind(Bind::Int(search.limit.max(0)))
+        .push(" OFFSET ")
+        .bind(Bind::Int(search.offset.max(0)));
+}
+
+fn page_sql(search: &TaskSearch, postgres: bool, plan: &Plan, split: Option<&TextSplit>) -> Sql {
+    let mut sql = Sql::default();
+    match plan {
+        Plan::TextDriven => {
+            let dialect = Dialect::new(postgres, true);
+            sql.push("SELECT t.data FROM ").push(TEXT_DRIVEN);
+            push_filters(&mut sql, &dialect, search, split);
+            sql.push(" ORDER BY monitor_tasks_text.rowid DESC");
+            push_page(&mut sql, search);
+        }
+        Plan::PerState => {
+            let dialect = Dialect::new(postgres, false);
+            let wanted = search.offset.max(0) + search.limit.max(0);
+            sql.push("SELECT data FROM monitor_tasks WHERE uuid IN (");
+            for (index, state) in search.states.iter().enumerate() {
+                if index > 0 {
+                    sql.push(" UNION ALL ");
+                }
+                let one = TaskSearch {
+                    states: vec![state.clone()],
+                    ..search.clone()
+                };
+                sql.push("SELECT uuid FROM (SELECT uuid FROM monitor_tasks");
+                push_filters(&mut sql, &dialect, &one, None);
+                push_order(&mut sql, search);
+                sql.push(" LIMIT ")
+                    .bind(Bind::Int(wanted))
+                    .push(&format!(") AS state_{index}"));
+            }
+            sql.push(")");
+            push_order(&mut sql, search);
+            push_page(&mut sql, search);
+        }
+        Plan::Plain => {
+            let dialect = Dialect::new(postgres, false);
+            sql.push("SELECT data FROM monitor_tasks");
+            push_filters(&mut sql, &dialect, search, None);
+            push_order(&mut sql, search);
+            push_page(&mut sql, search);
+        }
     }
+    sql
+}
+
+/// `(examined, matched)`: with text terms (SQLite), over the newest [`COUNT_WINDOW`] text
+/// matches; otherwise every match up to the cap.
+fn count_sql(search: &TaskSearch, postgres: bool, split: Option<&TextSplit>) -> Sql {
+    let mut sql = Sql::default();
+    match split {
+        Some(split) => {
+            let dialect = Dialect::new(postgres, true);
+            sql.push("SELECT COUNT(*), COALESCE(SUM(CASE WHEN ");
+            push_conditions(&mut sql, &dialect, search, Some(split));
+            sql.push(" THEN 1 ELSE 0 END), 0) FROM (SELECT rowid FROM monitor_tasks_text WHERE monitor_tasks_text MATCH ")
+                .bind(Bind::Text(split.expression().to_owned()))
+                .push(" ORDER BY rowid DESC LIMIT ")
+                .bind(Bind::Int(COUNT_WINDOW))
+                .push(") AS matched CROSS JOIN monitor_tasks AS t ON t.rowid = matched.rowid");
+        }
+        None => {
+            let dialect = Dialect::new(postgres, false);
+            sql.push("SELECT COUNT(*), COUNT(*) FROM (SELECT 1 FROM monitor_tasks");
+            push_filters(&mut sql, &dialect, search, None);
+            sql.push(" LIMIT ")
+                .bind(Bind::Int(COUNT_CAP + 1))
+                .push(") AS matches");
+        }
+    }
+    sql
 }

@@ -3,6 +3,8 @@
 //! its bounds.
 
 use std::collections::HashMap;
+
+use hashlink::LinkedHashMap;
 use std::time::Duration;
 
 use sqlx::QueryBuilder;
@@ -22,10 +24,12 @@ const PRUNE_CHUNK: i64 = 5000;
 
 #[derive(Default)]
 struct Batch {
-    tasks: HashMap<String, Task>,
+    /// In the order first written, so that rowids follow the order tasks were first seen.
+    tasks: LinkedHashMap<String, Task>,
     events: Vec<TimelineEntry>,
     workers: HashMap<String, Worker>,
     samples: Vec<QueueSample>,
+    flushes: Vec<tokio::sync::oneshot::Sender<()>>,
     count: usize,
 }
 
@@ -34,13 +38,14 @@ impl Batch {
         self.count += 1;
         match write {
             Write::Task(task) => {
-                self.tasks.insert(task.uuid.clone(), *task);
+                self.tasks.replace(task.uuid.clone(), *task);
             }
             Write::Event(event) => self.events.push(event),
             Write::Worker(worker) => {
                 self.workers.insert(worker.hostname.clone(), *worker);
             }
             Write::QueueSample(sample) => self.samples.push(sample),
+            Write::Flush(done) => self.flushes.push(done),
         }
     }
 }
@@ -93,16 +98,20 @@ impl Writer {
         }
     }
 
-    async fn flush(&self, batch: Batch) {
+    async fn flush(&self, mut batch: Batch) {
         let count = batch.count;
+        let flushes = std::mem::take(&mut batch.flushes);
         if let Err(error) = write_batch(&self.backend, batch).await {
             tracing::warn!(%error, writes = count, "history: a batch could not be written");
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
     }
 }
 
 async fn write_batch(backend: &Backend, batch: Batch) -> Result<(), StoreError> {
-    let tasks: Vec<Task> = batch.tasks.into_values().collect();
+    let tasks: Vec<Task> = batch.tasks.into_iter().map(|(_, task)| task).collect();
     let workers: Vec<Worker> = batch.workers.into_values().collect();
     on_pool!(backend, |pool, Db| {
         let mut transaction = pool.begin().await?;
@@ -225,14 +234,17 @@ pub async fn prune(backend: &Backend, bounds: Bounds, now: f64) -> Result<(u64, 
         .build_query_as()
         .fetch_optional(pool)
         .await?;
-        let task_cutoff = task_cutoff.map_or(cutoff, |(time,)| time.max(cutoff));
+        // The row at offset `max_tasks` is the first one beyond the bound: it goes too.
         let mut tasks = 0;
         loop {
             let mut builder = QueryBuilder::<Db>::new(
                 "DELETE FROM monitor_tasks WHERE uuid IN (SELECT uuid FROM monitor_tasks WHERE timestamp < ",
             );
+            builder.push_bind(cutoff);
+            if let Some((beyond,)) = task_cutoff {
+                builder.push(" OR timestamp <= ").push_bind(beyond);
+            }
             builder
-                .push_bind(task_cutoff)
                 .push(" ORDER BY timestamp LIMIT ")
                 .push_bind(PRUNE_CHUNK)
                 .push(")");
@@ -273,6 +285,14 @@ pub async fn prune(backend: &Backend, bounds: Bounds, now: f64) -> Result<(u64, 
             .build()
             .execute(pool)
             .await?;
+        if matches!(backend, Backend::Sqlite(_)) {
+            // Fresh statistics let the planner pick the right index for combined filters
+            // (sampled: milliseconds whatever the size).
+            sqlx::query::<Db>("PRAGMA analysis_limit = 1000")
+                .execute(pool)
+                .await?;
+            sqlx::query::<Db>("ANALYZE").execute(pool).await?;
+        }
         QueryBuilder::<Db>::new("DELETE FROM monitor_workers WHERE updated < ")
             .push_bind(cutoff)
             .build()
