@@ -404,4 +404,32 @@ mod tests {
             assert!(text.contains(expected), "{expected} not in\n{text}");
         }
     }
+
+    #[test]
+    fn the_grafana_dashboard_uses_only_metrics_we_serve() {
+        let dashboard = include_str!("../grafana/queue-monitor.json");
+        let served = Metrics::new().render();
+        let mut checked = 0;
+        for prefix in ["flower_", "queue_monitor_"] {
+            for (index, _) in dashboard.match_indices(prefix) {
+                let name: String = dashboard[index..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if name.ends_with('_') {
+                    continue;
+                }
+                let base = ["_total", "_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name);
+                assert!(
+                    served.contains(&format!("# TYPE {base} ")),
+                    "{name} is not served"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "{checked}");
+    }
 }
