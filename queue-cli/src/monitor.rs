@@ -15,6 +15,10 @@ pub struct MonitorArgs {
     /// or QUEUE_MONITOR_TOKEN.
     #[arg(long, default_value = DEFAULT_LISTEN)]
     listen: String,
+    /// Serves everything under this path (e.g. /monitor), for a reverse proxy that forwards
+    /// it unchanged (Flower's --url_prefix).
+    #[arg(long, env = "QUEUE_MONITOR_URL_PREFIX", default_value = "")]
+    url_prefix: String,
     /// Where the history is kept: sqlite://PATH (or a path) or postgres://…
     #[arg(long, env = "QUEUE_MONITOR_HISTORY", default_value = DEFAULT_HISTORY)]
     history: String,
@@ -50,7 +54,9 @@ pub async fn run(app: App, args: MonitorArgs) -> Result<(), Failure> {
         history_max_tasks: args.history_tasks,
         ..Settings::default()
     };
-    let mut monitor = Monitor::new(app).settings(settings);
+    let mut monitor = Monitor::new(app)
+        .settings(settings)
+        .url_prefix(args.url_prefix.clone());
     monitor = if args.no_history {
         monitor.without_history()
     } else {
@@ -67,7 +73,13 @@ pub async fn run(app: App, args: MonitorArgs) -> Result<(), Failure> {
         .start(listener)
         .await
         .map_err(|error| error.to_string())?;
-    eprintln!("queue monitor on http://{address}/ (Ctrl-C to stop)");
+    let prefix = args.url_prefix.trim_matches('/');
+    let path = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    };
+    eprintln!("queue monitor on http://{address}/{path} (Ctrl-C to stop)");
     let _ = tokio::signal::ctrl_c().await;
     running
         .shutdown()

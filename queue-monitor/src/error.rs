@@ -15,6 +15,9 @@ pub enum MonitorError {
     /// The history URL is not `sqlite://…`, `postgres://…` or a file path.
     #[error("unsupported history URL {0} (use sqlite://PATH or postgres://…)")]
     HistoryUrl(String),
+    /// The URL prefix has characters other than letters, digits, `-`, `_`, `.`, `/`.
+    #[error("invalid URL prefix {0:?} (letters, digits, -, _, . and / only, e.g. /monitor)")]
+    UrlPrefix(String),
     /// The history store failed.
     #[error("history store: {0}")]
     Store(#[from] crate::store::StoreError),

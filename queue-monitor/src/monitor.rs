@@ -36,6 +36,7 @@ pub struct Monitor {
     auth: Option<Auth>,
     history: Option<String>,
     queues: Vec<String>,
+    url_prefix: String,
 }
 
 impl Monitor {
@@ -48,6 +49,7 @@ impl Monitor {
             auth: None,
             history: Some(DEFAULT_HISTORY.to_owned()),
             queues: Vec::new(),
+            url_prefix: String::new(),
         }
     }
 
@@ -73,6 +75,25 @@ impl Monitor {
     /// Also watches `queue` (besides those the workers consume).
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
         self.queues.push(queue.into());
+        self
+    }
+
+    /// Serves everything under `prefix` (Flower's `--url_prefix`), for a reverse proxy that
+    /// forwards `https://ops.example.com/monitor/…` unchanged: `"/monitor"` serves the
+    /// overview at `/monitor/`, the API at `/monitor/api/…` and the metrics at
+    /// `/monitor/metrics`. Letters, digits, `-`, `_`, `.` and `/` only; checked by
+    /// [`start`](Monitor::start).
+    ///
+    /// ```no_run
+    /// # async fn run(app: queue_core::App) -> Result<(), queue_monitor::MonitorError> {
+    /// queue_monitor::Monitor::new(app)
+    ///     .url_prefix("/monitor")
+    ///     .listen(queue_monitor::DEFAULT_LISTEN)
+    ///     .await
+    /// # }
+    /// ```
+    pub fn url_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.url_prefix = prefix.into();
         self
     }
 
@@ -109,6 +130,7 @@ impl Monitor {
     /// background, and returns at once.
     pub async fn start(self, listener: TcpListener) -> Result<RunningMonitor, MonitorError> {
         let address = listener.local_addr()?;
+        let url_prefix = normalized_prefix(&self.url_prefix)?;
         let auth = match self.auth {
             Some(auth) => auth,
             None => Auth::from_env()?,
@@ -178,7 +200,7 @@ impl Monitor {
         {
             tracing::warn!("not yet subscribed to the workers' events; retrying in the background");
         }
-        let router = app_router(state.clone());
+        let router = app_router(state.clone(), &url_prefix);
         let mut server_stopped = stopped;
         let server = tokio::spawn(async move {
             axum::serve(listener, router)
@@ -238,11 +260,41 @@ async fn reload(state: &MonitorState) {
     }
 }
 
-/// The monitor's whole router: API, metrics and pages behind the auth guard.
-fn app_router(state: MonitorState) -> Router {
-    Router::new()
+/// `prefix` as served: `""` or `/a/b` (one leading slash, none trailing).
+fn normalized_prefix(prefix: &str) -> Result<String, MonitorError> {
+    let trimmed = prefix.trim_matches('/');
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/');
+    // The prefix is written into the pages' HTML: nothing that could end an attribute.
+    if !trimmed.chars().all(allowed)
+        || trimmed
+            .split('/')
+            .any(|part| part.is_empty() && !trimmed.is_empty())
+    {
+        return Err(MonitorError::UrlPrefix(prefix.to_owned()));
+    }
+    Ok(if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("/{trimmed}")
+    })
+}
+
+/// The monitor's whole router: API, metrics and pages behind the auth guard, under
+/// `prefix` when there is one.
+fn app_router(state: MonitorState, prefix: &str) -> Router {
+    let routes = Router::new()
         .merge(crate::api::router())
-        .merge(crate::pages::router())
+        .merge(crate::pages::router(prefix));
+    let routes = if prefix.is_empty() {
+        routes
+    } else {
+        // Nested, `/` is `/monitor` itself; `/monitor/` (what a proxy's `location /monitor/`
+        // forwards) is the overview too. Anything outside the prefix is not ours: 404.
+        Router::new()
+            .nest(prefix, routes)
+            .route(&format!("{prefix}/"), crate::pages::overview(prefix))
+    };
+    routes
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::guard,

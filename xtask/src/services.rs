@@ -8,6 +8,7 @@
 //! tools. `down` stops only what xtask started itself.
 
 pub mod chromium;
+pub mod nginx;
 mod postgres;
 mod private;
 mod rabbitmq;

@@ -67,6 +67,16 @@ pub fn run(opts: Options) -> Result<()> {
         }
         Err(error) => eprintln!("warning: no Chromium, browser tests will skip: {error}"),
     }
+    // The monitor behind a real reverse proxy, configured as the README says.
+    util::header("nginx (reverse-proxy test)");
+    match crate::services::nginx::ensure() {
+        Ok(env) => session.env.extend(env),
+        Err(error) if util::is_ci() => {
+            session.stop();
+            return Err(error);
+        }
+        Err(error) => eprintln!("warning: no nginx, the reverse-proxy test will skip: {error}"),
+    }
     let outcome = run_tests(&session, &opts.extra);
     if opts.keep_services {
         println!("\nleaving services running (--keep-services)");

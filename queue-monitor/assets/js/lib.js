@@ -31,9 +31,17 @@ export function fill(node, ...children) {
   return node;
 }
 
-// A link inside the monitor to `path` with `text`.
+// Where the monitor is served (`--url-prefix`, e.g. "/monitor"; "" at the root).
+export const prefix = document.body.dataset.prefix || "";
+
+// The address of the monitor's own `path` ("/tasks", "/api/…") under the prefix.
+export function url(path) {
+  return path.startsWith("/") ? `${prefix}${path}` : path;
+}
+
+// A link inside the monitor to `path` (one of `paths`, or "/tasks?…") with `text`.
 export function link(path, text, attributes = {}) {
-  return el("a", { href: path, ...attributes }, text);
+  return el("a", { href: url(path), ...attributes }, text);
 }
 
 export const paths = {
@@ -90,19 +98,19 @@ async function answer(response) {
 
 // GET a JSON answer; `query` is an object of parameters (empty ones left out).
 export async function get(path, query = {}) {
-  const url = new URL(path, location.origin);
+  const address = new URL(url(path), location.origin);
   for (const [name, value] of Object.entries(query)) {
-    if (value !== null && value !== undefined && value !== "") url.searchParams.set(name, value);
+    if (value !== null && value !== undefined && value !== "") address.searchParams.set(name, value);
   }
-  const response = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+  const response = await fetch(address, { headers: { Accept: "application/json" }, credentials: "same-origin" });
   return answer(response);
 }
 
 // POST (every action is one), with the CSRF header; `body` is sent as JSON when given.
 export async function post(path, query = {}, body = undefined) {
-  const url = new URL(path, location.origin);
+  const address = new URL(url(path), location.origin);
   for (const [name, value] of Object.entries(query)) {
-    if (value !== null && value !== undefined && value !== "") url.searchParams.set(name, value);
+    if (value !== null && value !== undefined && value !== "") address.searchParams.set(name, value);
   }
   const headers = { Accept: "application/json", "X-CSRF-Token": await csrfToken() };
   const init = { method: "POST", headers, credentials: "same-origin" };
@@ -110,7 +118,7 @@ export async function post(path, query = {}, body = undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  return answer(await fetch(url, init));
+  return answer(await fetch(address, init));
 }
 
 // Runs an action after the person confirmed it (when `question` is given), then says how
@@ -142,7 +150,7 @@ export function onLive(type, handler) {
 // Connects to /api/live (EventSource reconnects by itself) and shows its state in the bar.
 export function connectLive(indicator) {
   if (source) return;
-  source = new EventSource("/api/live");
+  source = new EventSource(url("/api/live"));
   const show = (state, text) => {
     indicator.className = `live ${state}`;
     indicator.textContent = text;

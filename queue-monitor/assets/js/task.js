@@ -1,7 +1,7 @@
 // One task: its state, arguments, result or traceback, retries, worker, parent and
 // children, and the timeline of its events; actions: revoke, terminate, retry (send again).
 // Follows the live `tasks` message for this task.
-import { act, badge, duration, el, facts, fill, get, link, number, onLive, pathArgument, paths, post, pre, table, text, throttled, time, when } from "./lib.js";
+import { act, badge, duration, el, facts, fill, get, link, number, onLive, pathArgument, paths, post, pre, table, text, throttled, time, url, when } from "./lib.js";
 
 const FINISHED = new Set(["SUCCESS", "FAILURE", "REVOKED", "REJECTED"]);
 const EVENT_COLOURS = {
@@ -141,7 +141,7 @@ export async function render(main) {
     const where = task.queue ? `to ${task.queue}` : "to the monitor's default queue (its events did not say the queue)";
     const answer = await act(`Send ${task.name} again with the same arguments, as a new task, ${where}?`,
       () => post(`/api/dashboard/tasks/${encodeURIComponent(id)}/retry`), (result) => `Sent again as ${result["task-id"]}`);
-    if (answer && answer["task-id"]) location.assign(paths.task(answer["task-id"]));
+    if (answer && answer["task-id"]) location.assign(url(paths.task(answer["task-id"])));
   }
 
   await refresh();

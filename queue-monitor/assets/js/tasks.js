@@ -1,7 +1,7 @@
 // Tasks: search the whole history with filters (state, name, worker, time range) and
 // Flower's search syntax; the filters live in the address, so a search can be shared.
 // On the first page the list follows the live `tasks` message.
-import { badge, duration, el, fill, get, link, number, onLive, paths, table, throttled, when } from "./lib.js";
+import { badge, duration, el, fill, get, link, number, onLive, paths, table, throttled, url, when } from "./lib.js";
 
 const STATES = ["PENDING", "RECEIVED", "STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "REJECTED"];
 const SORTS = [
@@ -83,7 +83,7 @@ export async function render(main) {
   const load = async (fresh = false) => {
     const wanted = query();
     const address = new URLSearchParams(Object.entries(wanted).filter(([, value]) => value !== ""));
-    history.replaceState(null, "", address.toString() ? `/tasks?${address}` : "/tasks");
+    history.replaceState(null, "", url(address.toString() ? `/tasks?${address}` : "/tasks"));
     let answer;
     try {
       answer = await get("/api/dashboard/tasks", { ...wanted, sort: sort.value, limit: PAGE });

@@ -9,10 +9,12 @@
 
 mod assets;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 
 use crate::state::MonitorState;
 
@@ -25,26 +27,43 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
 /// The shell every page shares; `{page}` and `{title}` are ours, never user input.
 const SHELL: &str = include_str!("../../assets/index.html");
 
-/// The pages' routes; merged into the monitor's router.
-pub(crate) fn router() -> Router<MonitorState> {
+/// The pages' routes, for pages served under `prefix` (`""` or `/monitor`); merged into
+/// the monitor's router.
+pub(crate) fn router(prefix: &str) -> Router<MonitorState> {
+    let shell: Arc<str> = shell(prefix).into();
+    let page = move |name: &'static str, title: &'static str| {
+        let shell = shell.clone();
+        get(move || async move { page(&shell, name, title) })
+    };
     Router::new()
-        .route("/", get(|| async { page("overview", "Overview") }))
-        .route("/queues", get(|| async { page("queues", "Queues") }))
-        .route("/queues/{queue}", get(|| async { page("queue", "Queue") }))
-        .route("/workers", get(|| async { page("workers", "Workers") }))
-        .route(
-            "/workers/{worker}",
-            get(|| async { page("worker", "Worker") }),
-        )
-        .route("/tasks", get(|| async { page("tasks", "Tasks") }))
-        .route("/tasks/{task_id}", get(|| async { page("task", "Task") }))
+        .route("/", page("overview", "Overview"))
+        .route("/queues", page("queues", "Queues"))
+        .route("/queues/{queue}", page("queue", "Queue"))
+        .route("/workers", page("workers", "Workers"))
+        .route("/workers/{worker}", page("worker", "Worker"))
+        .route("/tasks", page("tasks", "Tasks"))
+        .route("/tasks/{task_id}", page("task", "Task"))
         .merge(assets::router())
 }
 
-/// The shell for `page`: its script reads the page's name from `<body data-page>` and the
-/// queue, worker or task from the address.
-fn page(page: &'static str, title: &'static str) -> Response {
-    let html = SHELL.replace("{page}", page).replace("{title}", title);
+/// The overview page alone (the monitor also serves it at `{prefix}/`).
+pub(crate) fn overview(prefix: &str) -> MethodRouter<MonitorState> {
+    let shell: Arc<str> = shell(prefix).into();
+    get(move || async move { page(&shell, "overview", "Overview") })
+}
+
+/// The shell with its links under `prefix` (checked to be a plain path by the monitor).
+fn shell(prefix: &str) -> String {
+    SHELL
+        .replace("href=\"/", &format!("href=\"{prefix}/"))
+        .replace("src=\"/", &format!("src=\"{prefix}/"))
+        .replace("{prefix}", prefix)
+}
+
+/// The shell for `page`: its script reads the page's name from `<body data-page>`, the
+/// prefix from `<body data-prefix>` and the queue, worker or task from the address.
+fn page(shell: &str, page: &'static str, title: &'static str) -> Response {
+    let html = shell.replace("{page}", page).replace("{title}", title);
     let mut response = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -62,7 +81,7 @@ mod tests {
 
     #[test]
     fn the_shell_has_no_inline_script_and_names_its_page() {
-        let response = page("tasks", "Tasks");
+        let response = page(&shell(""), "tasks", "Tasks");
         assert_eq!(
             response.headers()[header::CONTENT_SECURITY_POLICY],
             CONTENT_SECURITY_POLICY
@@ -73,5 +92,19 @@ mod tests {
             let tag = script.split('>').next().unwrap_or_default();
             assert!(tag.contains("src=\"/assets/"), "inline script: {tag}");
         }
+    }
+
+    #[test]
+    fn a_prefix_moves_every_link_of_the_shell() {
+        let html = shell("/ops/monitor");
+        assert!(html.contains("data-prefix=\"/ops/monitor\""));
+        assert!(html.contains("src=\"/ops/monitor/assets/js/app.js\""));
+        assert!(html.contains("href=\"/ops/monitor/tasks\""));
+        for attribute in ["href=\"/", "src=\"/"] {
+            for (index, _) in html.match_indices(attribute) {
+                assert!(html[index..].starts_with(&format!("{attribute}ops/monitor")));
+            }
+        }
+        assert!(shell("").contains("data-prefix=\"\""));
     }
 }

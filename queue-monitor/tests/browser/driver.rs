@@ -126,9 +126,14 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a headless Chromium with a fresh profile.
     pub async fn start(tools: &Tools, base: &str, prefix: &str) -> Self {
+        Self::start_with(tools, base, prefix, &[]).await
+    }
+
+    /// As [`Browser::start`], with more Chromium switches (e.g. `--host-resolver-rules`).
+    pub async fn start_with(tools: &Tools, base: &str, prefix: &str, switches: &[String]) -> Self {
         let driver = Driver::start(&tools.chromedriver);
         let profile = tempfile::tempdir().expect("a profile directory");
-        let arguments = [
+        let mut arguments = vec![
             "--headless=new".to_owned(),
             "--no-sandbox".to_owned(),
             "--disable-gpu".to_owned(),
@@ -141,6 +146,7 @@ impl Browser {
             format!("--window-size={},{}", WINDOW.0, WINDOW.1),
             format!("--user-data-dir={}", profile.path().display()),
         ];
+        arguments.extend_from_slice(switches);
         let mut capabilities = serde_json::Map::new();
         capabilities.insert("browserName".into(), json!("chrome"));
         capabilities.insert(
