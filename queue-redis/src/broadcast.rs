@@ -441,6 +441,11 @@ async fn pop(client: Client, bound: Bound, routing_key: String, sender: Subscrip
                 }
             }
             Ok(other) => warn!(?other, "unexpected BRPOP reply; ignored"),
+            // Nobody listens any more (a control call's reply window closed while its
+            // BRPOP was in flight): the error is moot, the loop ends and cleans up.
+            Err(error) if sender.is_closed() => {
+                debug!(%error, table = %bound.table, "broadcast queue pop ended after its receiver left");
+            }
             Err(error) => {
                 warn!(%error, table = %bound.table, "popping a broadcast queue failed; retrying after the reconnect");
                 declare = true;

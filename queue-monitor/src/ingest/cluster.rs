@@ -228,11 +228,40 @@ impl Cluster {
         answer: serde_json::Value,
         now: f64,
     ) -> Worker {
+        if matches!(method, "active" | "reserved" | "scheduled") {
+            self.learn_queues(&answer);
+        }
         let worker = self.worker_mut(hostname);
         worker.inspected(method, answer, now);
         let worker = worker.clone();
         self.dirty_workers.insert(hostname.to_owned());
         worker
+    }
+
+    /// Records the queue of tasks a worker holds, from their `delivery_info` (Celery's
+    /// task events carry none): what "send again" sends to.
+    fn learn_queues(&mut self, answer: &serde_json::Value) {
+        let Some(entries) = answer.as_array() else {
+            return;
+        };
+        for entry in entries {
+            // `scheduled` wraps the request: {"eta", "priority", "request": {…}}.
+            let request = entry.get("request").unwrap_or(entry);
+            let (Some(id), Some(routing_key)) = (
+                request.get("id").and_then(|id| id.as_str()),
+                request
+                    .pointer("/delivery_info/routing_key")
+                    .and_then(|key| key.as_str()),
+            ) else {
+                continue;
+            };
+            if let Some(task) = self.tasks.get_mut(id) {
+                if task.queue.is_none() && !routing_key.is_empty() {
+                    task.queue = Some(routing_key.to_owned());
+                    self.mark_dirty(id);
+                }
+            }
+        }
     }
 
     /// The workers, by name.
@@ -321,5 +350,26 @@ mod tests {
         assert_eq!(cluster.take_dirty_workers(14.0, 16.0).len(), 1);
         assert_eq!(cluster.take_dirty_workers(16.0, 18.0).len(), 0);
         assert!(cluster.task_types().contains("tasks.add"));
+    }
+
+    #[test]
+    fn a_held_tasks_queue_is_learnt_from_the_workers_answer() {
+        let mut cluster = Cluster::new(10, 60.0, 10);
+        for uuid in ["a", "b"] {
+            let received = event(serde_json::json!({"type": "task-received",
+                "hostname": "celery@w", "timestamp": 11.0, "uuid": uuid, "name": "tasks.add"}));
+            cluster.apply(&received, 11.0, 11.0);
+        }
+        cluster.take_dirty_tasks();
+        let active = serde_json::json!([{"id": "a", "name": "tasks.add",
+            "delivery_info": {"exchange": "", "routing_key": "reports", "priority": 0}}]);
+        cluster.inspected("celery@w", "active", active, 12.0);
+        let scheduled = serde_json::json!([{"eta": "2026-01-01T00:00:00", "priority": 6,
+            "request": {"id": "b", "delivery_info": {"routing_key": "mail"}}}]);
+        cluster.inspected("celery@w", "scheduled", scheduled, 12.0);
+        assert_eq!(cluster.task("a").unwrap().queue.as_deref(), Some("reports"));
+        assert_eq!(cluster.task("b").unwrap().queue.as_deref(), Some("mail"));
+        // The history gets them too.
+        assert_eq!(cluster.take_dirty_tasks().0.len(), 2);
     }
 }
