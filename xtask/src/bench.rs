@@ -43,3 +43,15 @@ pub fn run(extra: &[String]) -> Result<()> {
     session.stop();
     result
 }
+
+/// `cargo xtask bench --monitor`: the monitor's history bench. It needs no server (SQLite
+/// in a temporary directory, the memory broker); sizes come from `QUEUE_MONITOR_BENCH_*`.
+pub fn monitor(extra: &[String]) -> Result<()> {
+    let mut cmd = util::cargo();
+    cmd.args(["bench", "--bench", "history", "-p", "queue-monitor"]);
+    if !extra.is_empty() {
+        cmd.arg("--").args(extra);
+    }
+    util::header("cargo bench (queue-monitor history)");
+    util::run(&mut cmd)
+}

@@ -41,6 +41,10 @@ enum Cmd {
     },
     /// Run the throughput benchmark (`cargo bench --bench throughput -p queue`).
     Bench {
+        /// The monitor's benchmark instead: 1M tasks of history searched, then a sustained
+        /// event rate with its memory (`cargo bench -p queue-monitor --bench history`).
+        #[arg(long)]
+        monitor: bool,
         /// Passed to the benchmark binary.
         #[arg(last = true)]
         extra: Vec<String>,
@@ -110,7 +114,13 @@ fn main() {
             ServicesCmd::Down { which } => services::down_cmd(which.services()),
             ServicesCmd::Status => services::status_cmd(),
         },
-        Cmd::Bench { extra } => bench::run(&extra),
+        Cmd::Bench { monitor, extra } => {
+            if monitor {
+                bench::monitor(&extra)
+            } else {
+                bench::run(&extra)
+            }
+        }
         Cmd::Chaos { long, only } => chaos_cmd(long, &only),
         Cmd::PythonVenv => python::run(),
     };
