@@ -204,6 +204,31 @@ pub trait ResultBackend: Send + Sync + fmt::Debug + 'static {
     /// Reads a group record.
     async fn get_group(&self, group_id: &str) -> Result<Option<GroupMeta>, BackendError>;
 
+    /// Starts the join of a chord whose header has `size` tasks (before any of them is
+    /// published). See [`crate::chord`].
+    async fn chord_start(&self, group_id: &str, size: u64) -> Result<(), BackendError> {
+        let _ = (group_id, size);
+        Err(BackendError::Unsupported("chords"))
+    }
+
+    /// Records a header task's outcome; says whether this completed the chord (and then
+    /// hands over the claim to dispatch its body). Idempotent per task id and index.
+    async fn chord_part(
+        &self,
+        group_id: &str,
+        part: crate::chord::ChordPart,
+    ) -> Result<crate::chord::ChordJoin, BackendError> {
+        let _ = (group_id, part);
+        Err(BackendError::Unsupported("chords"))
+    }
+
+    /// The body of the chord `claim` names was sent (or marked failed): drops the join's
+    /// data and remembers the chord as done, so that a late copy of a part does nothing.
+    async fn chord_dispatched(&self, claim: &crate::chord::ChordClaim) -> Result<(), BackendError> {
+        let _ = claim;
+        Err(BackendError::Unsupported("chords"))
+    }
+
     /// Deletes results older than the expiry; returns how many. Workers call it
     /// periodically; stores that expire by themselves (Redis TTL) return 0.
     async fn cleanup_expired(&self) -> Result<u64, BackendError> {

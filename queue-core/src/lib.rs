@@ -19,6 +19,7 @@ pub mod backlog;
 pub mod blocking;
 pub mod broadcast;
 pub mod broker;
+pub mod chord;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod connect;
@@ -41,6 +42,7 @@ pub use broker::{
     Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, Delivery, DeliveryTag, Publish,
     QueueLength, QueueOrder,
 };
+pub use chord::{ChordClaim, ChordJoin, ChordPart};
 pub use error::Error;
 pub use memory::{MemoryBackend, MemoryBroker};
 pub use protocol::{Message, TaskBody};
