@@ -4,7 +4,7 @@
 //! The in-memory implementations run them in `queue-core`'s own tests; the Redis, RabbitMQ and
 //! SQL crates run the very same checks against real servers. Every check:
 //!
-//! - is a `pub async fn` in [`broker`] or [`backend`] taking the thing under test
+//! - is a `pub async fn` in [`broker`], [`backend`] or [`chord`] taking the thing under test
 //!   (`Arc<dyn Broker>` / `Arc<dyn ResultBackend>`) and a unique name prefix, so that checks
 //!   run concurrently on one server without seeing each other's queues or task ids
 //!   ([`unique_prefix`] makes one);
@@ -45,6 +45,7 @@
 pub mod backend;
 pub mod broadcast;
 pub mod broker;
+pub mod chord;
 pub mod server;
 
 pub use server::{is_ci, server_url, skip_or_fail};
@@ -272,6 +273,13 @@ macro_rules! __backend_checks {
             forget_removes,
             group_round_trip,
             store_many_round_trip,
+            chord_completes_once_in_any_order,
+            chord_duplicate_part_counts_once,
+            chord_concurrent_parts_complete_once,
+            chord_failure_parts_keep_state,
+            chord_unindexed_part_sorts_last,
+            chord_part_before_start_counts,
+            chord_restarts_after_done,
         }
     };
 }
