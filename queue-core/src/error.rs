@@ -17,6 +17,9 @@ pub enum Error {
     /// A message could not be encoded or decoded.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// A canvas (chain, group, chord) cannot be sent or applied.
+    #[error(transparent)]
+    Canvas(#[from] crate::canvas::CanvasError),
     /// The configuration is invalid (a URL, a route, an option).
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -19,6 +19,7 @@ pub mod backlog;
 pub mod blocking;
 pub mod broadcast;
 pub mod broker;
+pub mod canvas;
 pub mod chord;
 #[cfg(feature = "conformance")]
 pub mod conformance;

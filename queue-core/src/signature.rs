@@ -132,6 +132,9 @@ pub struct SignatureOptions {
     /// Position in the group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_index: Option<u64>,
+    /// The chord body this task is a header part of (Celery's frozen `chord` option).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chord: Option<Box<Signature>>,
     /// Options this library does not interpret, kept as received.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

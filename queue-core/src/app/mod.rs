@@ -18,6 +18,7 @@ use crate::routing::Router;
 use crate::signature::Signature;
 use crate::task::{Registry, Task};
 
+mod canvas;
 mod prepare;
 mod sent_events;
 
@@ -203,8 +204,18 @@ impl App {
         AsyncResult::new(self.clone(), id.into())
     }
 
-    /// Sends one task.
+    /// Sends one task, or a [chain](crate::canvas::chain) or [chord](crate::canvas::chord)
+    /// (whose handle is the result of its last task, or of its body). A group has one
+    /// result per member: send it with [`App::send_group`].
     pub async fn send(&self, signature: Signature) -> Result<AsyncResult, Error> {
+        if crate::canvas::Shape::of(&signature)? != crate::canvas::Shape::Task {
+            return match self.send_canvas(signature).await? {
+                crate::canvas::Frozen::Task(id) => Ok(AsyncResult::new(self.clone(), id)),
+                crate::canvas::Frozen::Group { .. } => Err(Error::Config(
+                    "a group has one result per member: send it with App::send_group".into(),
+                )),
+            };
+        }
         let publish = self.prepare(signature)?;
         let id = publish.message.headers.id.clone();
         let span = publish_span(&publish);
@@ -231,6 +242,16 @@ impl App {
             .into_iter()
             .map(|signature| self.prepare(signature))
             .collect::<Result<Vec<_>, _>>()?;
+        let ids = self.publish_prepared(batch).await?;
+        Ok(ids
+            .into_iter()
+            .map(|id| AsyncResult::new(self.clone(), id))
+            .collect())
+    }
+
+    /// Publishes prepared messages in one round trip where the broker can batch (with
+    /// their `task-sent` events when asked); returns their task ids.
+    pub(crate) async fn publish_prepared(&self, batch: Vec<Publish>) -> Result<Vec<String>, Error> {
         let ids: Vec<String> = batch
             .iter()
             .map(|publish| publish.message.headers.id.clone())
@@ -247,10 +268,7 @@ impl App {
         if let Some(events) = events {
             sent_events::announce(&self.inner.broker, events).await;
         }
-        Ok(ids
-            .into_iter()
-            .map(|id| AsyncResult::new(self.clone(), id))
-            .collect())
+        Ok(ids)
     }
 }
 

@@ -40,6 +40,16 @@ impl App {
     /// Builds the message for `signature` and where it goes, without sending it: routing,
     /// the task's declared defaults, eta from countdown, absolute expiry, full Celery headers.
     pub fn prepare(&self, signature: Signature) -> Result<Publish, Error> {
+        self.prepare_step(signature, Vec::new())
+    }
+
+    /// As [`App::prepare`], for a chain step: `chain` (next task last) rides in the
+    /// message's `chain` field.
+    pub fn prepare_step(
+        &self,
+        signature: Signature,
+        chain: Vec<Signature>,
+    ) -> Result<Publish, Error> {
         let Signature {
             name,
             args,
@@ -148,8 +158,8 @@ impl App {
             embed: Some(Embed {
                 callbacks: non_empty(options.link),
                 errbacks: non_empty(options.link_error),
-                chain: None,
-                chord: None,
+                chain: (!chain.is_empty()).then_some(chain),
+                chord: options.chord.map(|body| *body),
             }),
         };
         Ok(Publish {
