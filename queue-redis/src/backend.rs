@@ -1,6 +1,7 @@
 //! [`RedisBackend`]: Celery's Redis result backend. `celery-task-meta-<id>` holds the JSON
 //! meta, written with an expiry and published on the channel of the same name; waiting
-//! subscribes first, then reads, then waits for the publication (no polling).
+//! subscribes first, then reads, then waits for the publication (no polling). Chords join
+//! with Celery 5.7's counters and scripts (`crate::chord`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,10 +13,12 @@ use fred::clients::SubscriberClient;
 use fred::prelude::{Client, ClientLike, EventInterface, KeysInterface, PubsubInterface};
 use fred::types::Value;
 use queue_core::backend::{BackendError, GroupMeta, ResultBackend, TaskMeta};
+use queue_core::chord::{ChordClaim, ChordJoin, ChordPart};
 use tokio::sync::broadcast;
 use tracing::{debug, trace};
 
 use crate::batch::Batcher;
+use crate::chord::RedisChords;
 use crate::config::RedisOptions;
 use crate::connection;
 use crate::error::{RedisError, backend_error};
@@ -41,6 +44,8 @@ struct Inner {
     expires: Option<Duration>,
     /// Stores of all callers, coalesced into one script call.
     stores: Batcher<(String, Vec<u8>)>,
+    /// The chord join, Celery 5.7's keys and scripts.
+    chords: RedisChords,
     /// Connected on the first wait; whether it speaks RESP3.
     subscriber: tokio::sync::OnceCell<(SubscriberClient, bool)>,
     /// Subscriptions and how many waits use each; a tokio mutex so that subscribing and
@@ -127,10 +132,18 @@ impl RedisBackend {
             )
         };
         debug!(url = %options, "Redis result backend connected");
+        let group_prefix = format!("{prefix}celery-taskset-meta-");
+        let chords = RedisChords::new(
+            client.clone(),
+            group_prefix.clone(),
+            options.result_expires,
+            scripts,
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 task_prefix: format!("{prefix}celery-task-meta-"),
-                group_prefix: format!("{prefix}celery-taskset-meta-"),
+                group_prefix,
+                chords,
                 expires: options.result_expires,
                 options,
                 client,
@@ -381,5 +394,17 @@ impl ResultBackend for RedisBackend {
         GroupMeta::from_value(&value).map(Some).ok_or_else(|| {
             BackendError::Encoding("stored group is not a Celery group result".into())
         })
+    }
+
+    async fn chord_start(&self, group_id: &str, size: u64) -> Result<(), BackendError> {
+        self.inner.chords.start(group_id, size).await
+    }
+
+    async fn chord_part(&self, group_id: &str, part: ChordPart) -> Result<ChordJoin, BackendError> {
+        self.inner.chords.part(group_id, part).await
+    }
+
+    async fn chord_dispatched(&self, claim: &ChordClaim) -> Result<(), BackendError> {
+        self.inner.chords.dispatched(claim).await
     }
 }

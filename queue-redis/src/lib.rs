@@ -27,6 +27,7 @@
 //! | `<queue>.dead_letter` | list | ours: dead letters, newest at the head (see below) |
 //! | `celery-task-meta-<id>` | string | Celery's task meta JSON, `SET … PX` with the result expiry, `PUBLISH`ed on its own name |
 //! | `celery-taskset-meta-<gid>` | string | Celery's group record `{"result": [[gid, null], [[[tid, null], null], …]]}` |
+//! | `celery-taskset-meta-<gid>.s` / `.t` / `.j` / `.d` / `.c` | string / string / sorted set / set / string | Celery 5.7's chord join: header size, extra count, parts `[1, tid, state, result]` scored by group index, dedupe `<tid>:<index>`, dispatch claim (then `"done"` for 300 s) |
 //!
 //! # Priorities
 //!
@@ -149,12 +150,17 @@
 //! the key (one script, which also refuses to overwrite a stored SUCCESS). `wait` subscribes
 //! to that channel first, then reads the key, then waits for the publication; after a
 //! reconnect of the subscriber it reads again. A Python `AsyncResult` reads the same keys.
+//!
+//! Chords join exactly as Celery 5.7's Redis backend does (its three Lua scripts, byte for
+//! byte, on the same keys), so that Python and Rust header tasks of one chord count
+//! together and exactly one worker of either kind dispatches the body.
 
 mod backend;
 mod backlog;
 mod batch;
 mod broadcast;
 mod broker;
+mod chord;
 mod config;
 mod connection;
 mod consumer;

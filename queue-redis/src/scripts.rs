@@ -372,6 +372,104 @@ local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('ZADD', KEYS[2], 'GT', ms + tonumber(ARGV[3]), ARGV[2])
 ";
 
+/// Celery 5.7's `CHORD_PART_RETURN_LUA`, byte for byte (`celery/backends/redis.py`), so that
+/// Python workers and ours join one chord: records a header task's part in the sorted set
+/// `.j` unless `.d` already has `<task_id>:<index>`, refreshes the expiries, and takes the
+/// dispatch claim `.c` (`SET NX EX`) when the count reaches `.s` + `.t`.
+/// KEYS: `.j`, `.t`, `.s`, `.d`, the group key, `.c`. ARGV: task id, member, ordered (`1`),
+/// score (index or `+inf`), chord expiry s (0: none), group expiry s (0: none), claim
+/// expiry s, claim token. Returns `{readycount, totaldiff, size, claimed}`; `{-1, 0, 0, 0}`
+/// when `.c` is the done marker.
+pub(crate) const CHORD_PART_RETURN_LUA: &str = r#"
+local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local tid, value, ordered, score = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local expires, group_expires = tonumber(ARGV[5]), tonumber(ARGV[6])
+local claim_expires = tonumber(ARGV[7])
+local claim_token = ARGV[8]
+
+-- Prevent late duplicates from recreating chord state after successful cleanup.
+local done_marker = redis.call('GET', ckey)
+if done_marker == 'done' then
+    return {-1, 0, 0, 0}
+end
+
+-- Key the check on the task id and header index, so it doesn't merge two
+-- header entries that share the task id of a reused frozen signature.
+local member = tid .. ':' .. score
+if redis.call('SISMEMBER', dkey, member) == 0 then
+    if ordered == '1' then
+        redis.call('ZADD', jkey, score, value)
+    else
+        redis.call('RPUSH', jkey, value)
+    end
+    redis.call('SADD', dkey, member)
+end
+local readycount
+if ordered == '1' then
+    readycount = redis.call('ZCOUNT', jkey, '-inf', '+inf')
+else
+    readycount = redis.call('LLEN', jkey)
+end
+if expires > 0 then
+    for _, key in ipairs({jkey, tkey, skey, dkey}) do
+        redis.call('EXPIRE', key, expires)
+    end
+    if group_expires > 0 then
+        redis.call('EXPIRE', gkey, group_expires)
+    end
+end
+
+local totaldiff = redis.call('GET', tkey)
+local size = redis.call('GET', skey)
+local claimed = 0
+if size and readycount == tonumber(size) + tonumber(totaldiff or 0) then
+    if redis.call('SET', ckey, claim_token, 'NX', 'EX', claim_expires) then
+        claimed = 1
+    end
+end
+
+return {readycount, totaldiff, size, claimed}
+"#;
+
+/// Celery 5.7's `CHORD_CLEANUP_LUA`, byte for byte: if `.c` still holds the token, deletes
+/// the join's keys and sets `.c` to the done marker `"done"` for ARGV[2] seconds.
+/// KEYS: `.c`, `.j`, `.t`, `.s`, `.d`. ARGV: token, done expiry s. Returns 1, or 0 when the
+/// claim was lost.
+pub(crate) const CHORD_CLEANUP_LUA: &str = r#"
+local ckey = KEYS[1]
+local jkey = KEYS[2]
+local tkey = KEYS[3]
+local skey = KEYS[4]
+local dkey = KEYS[5]
+local token = ARGV[1]
+local done_expires = tonumber(ARGV[2])
+
+if redis.call('GET', ckey) == token then
+    redis.call('DEL', jkey, tkey, skey, dkey)
+    if done_expires and done_expires > 0 then
+        redis.call('SET', ckey, 'done', 'EX', done_expires)
+    end
+    return 1
+end
+return 0
+"#;
+
+/// Celery 5.7's `CHORD_CLAIM_EXTEND_LUA`, byte for byte: extends the claim `.c` while it
+/// holds the token (or takes it again if it expired while `.s` remains).
+/// KEYS: `.c`, `.s`. ARGV: token, expiry s. Returns 1 when the claim is (still) ours.
+pub(crate) const CHORD_CLAIM_EXTEND_LUA: &str = r#"
+local ckey, skey = KEYS[1], KEYS[2]
+local token = ARGV[1]
+local expires = tonumber(ARGV[2])
+if redis.call('GET', ckey) == token then
+    return redis.call('EXPIRE', ckey, expires)
+end
+if not redis.call('GET', ckey) and redis.call('EXISTS', skey) == 1 then
+    return redis.call('SET', ckey, token, 'EX', expires, 'NX') and 1 or 0
+end
+return 0
+"#;
+
 /// The scripts, with their SHA-1 computed once.
 #[derive(Clone, Debug)]
 pub(crate) struct Scripts {
@@ -386,6 +484,9 @@ pub(crate) struct Scripts {
     pub(crate) purge: Script,
     pub(crate) store: Script,
     pub(crate) refresh_binding: Script,
+    pub(crate) chord_part_return: Script,
+    pub(crate) chord_cleanup: Script,
+    pub(crate) chord_claim_extend: Script,
 }
 
 impl Scripts {
@@ -402,6 +503,9 @@ impl Scripts {
             purge: Script::from_lua(PURGE),
             store: Script::from_lua(STORE),
             refresh_binding: Script::from_lua(REFRESH_BINDING),
+            chord_part_return: Script::from_lua(CHORD_PART_RETURN_LUA),
+            chord_cleanup: Script::from_lua(CHORD_CLEANUP_LUA),
+            chord_claim_extend: Script::from_lua(CHORD_CLAIM_EXTEND_LUA),
         }
     }
 }
