@@ -72,6 +72,25 @@ fn inherent_impl(task: &TaskFn, options: &TaskOptions) -> TokenStream {
         quote!(#ident: #ty)
     });
     let new_args = arguments.iter().map(|param| &param.ident);
+    // `partial`: every argument but the first, which a chain's previous step (or a chord's
+    // results) supplies when the task is applied, as Celery's `mul.s(2)` in a chain.
+    let partial = arguments.split_first().map(|(_, rest)| {
+        let params = rest.iter().map(|param| {
+            let (ident, ty) = (&param.ident, &param.ty);
+            quote!(#ident: #ty)
+        });
+        let args = rest.iter().map(|param| &param.ident);
+        quote! {
+            /// This task with every argument but the first, which the previous step of a
+            /// chain (or, as a chord's body, the list of its header's results) supplies.
+            #[must_use]
+            #vis fn partial(#(#params),*) -> ::queue::TypedSignature<#success> {
+                ::queue::TypedSignature::from_signature(
+                    ::queue::Signature::new(Self::name()) #(.arg(#args))*
+                )
+            }
+        }
+    });
     let call_doc = format!(
         " Calls the function of task `{}` directly, in this process: no message, no worker.",
         task.fn_name
@@ -104,6 +123,8 @@ fn inherent_impl(task: &TaskFn, options: &TaskOptions) -> TokenStream {
                     ::queue::Signature::new(Self::name()) #(.arg(#new_args))*
                 )
             }
+
+            #partial
 
             /// A typed handle on the result of this task's run with id `id`.
             #vis fn result(

@@ -13,9 +13,7 @@ use futures::FutureExt;
 use queue_core::broker::Publish;
 use queue_core::protocol::{Embed, Message, time};
 use queue_core::task::RegisteredTask;
-use queue_core::{
-    Arguments, Delivery, Signature, TaskContext, TaskError, TaskErrorKind, TaskMeta, TaskState,
-};
+use queue_core::{Arguments, Delivery, TaskContext, TaskError, TaskErrorKind, TaskMeta, TaskState};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, warn};
@@ -266,10 +264,17 @@ impl Execution<'_> {
     /// A revoked task: REVOKED stored, `task-revoked` sent, the message acked (when its
     /// store succeeded, as every outcome).
     async fn revoked(&self, terminated: bool, reason: &str) {
-        let stored = self
-            .runtime
-            .store_outcome(TaskMeta::revoked(self.id(), reason))
-            .await;
+        let meta = TaskMeta::revoked(self.id(), reason);
+        let exception = meta.result.clone();
+        let mut stored = self.runtime.store_outcome(meta).await;
+        // A revoked chord part fails its chord, as in Celery.
+        if let (Ok(()), Ok(body)) = (&stored, self.message.decode_body()) {
+            if let Some(embed) = &body.embed {
+                stored = self
+                    .after_failure(embed, TaskState::Revoked, &exception)
+                    .await;
+            }
+        }
         self.runtime.stats.revoked.increment();
         self.runtime.events.task(|| TaskEvent::Revoked {
             uuid: self.id().to_owned(),
@@ -310,7 +315,7 @@ impl Execution<'_> {
                     .store_outcome(self.meta(TaskState::Success, value.clone()))
                     .await?;
             }
-            self.apply_callbacks(ending.embed, &value).await
+            self.after_success(ending.embed, &value).await
         }
         .await;
         for hooks in &self.runtime.hooks {
@@ -343,7 +348,12 @@ impl Execution<'_> {
             if !ending.ignore_result {
                 self.store_error(TaskState::Failure, &error).await?;
             }
-            self.apply_errbacks(ending.embed).await
+            self.after_failure(
+                ending.embed,
+                TaskState::Failure,
+                &error.to_exception_value(),
+            )
+            .await
         }
         .await;
         for hooks in &self.runtime.hooks {
@@ -471,64 +481,6 @@ impl Execution<'_> {
         let mut meta = self.meta(status, error.to_exception_value());
         meta.traceback = error.traceback_text().map(str::to_owned);
         self.runtime.store_outcome(meta).await
-    }
-
-    async fn apply_callbacks(&self, embed: &Embed, value: &Value) -> Result<(), Unpersisted> {
-        let Some(callbacks) = &embed.callbacks else {
-            return Ok(());
-        };
-        let linked = callbacks.iter().cloned().map(|mut callback| {
-            if !callback.immutable {
-                callback.args.insert(0, value.clone());
-            }
-            callback
-        });
-        self.send_linked(linked.collect()).await
-    }
-
-    async fn apply_errbacks(&self, embed: &Embed) -> Result<(), Unpersisted> {
-        let Some(errbacks) = &embed.errbacks else {
-            return Ok(());
-        };
-        let id = Value::String(self.id().to_owned());
-        let linked = errbacks.iter().cloned().map(|mut errback| {
-            if !errback.immutable {
-                errback.args.insert(0, id.clone());
-            }
-            errback
-        });
-        self.send_linked(linked.collect()).await
-    }
-
-    /// Sends linked tasks, retrying within the persist timeout: the message is acked only
-    /// once they are sent.
-    async fn send_linked(&self, signatures: Vec<Signature>) -> Result<(), Unpersisted> {
-        if signatures.is_empty() {
-            return Ok(());
-        }
-        let headers = &self.message.headers;
-        let root = headers
-            .root_id
-            .clone()
-            .unwrap_or_else(|| headers.id.clone());
-        let prepared: Vec<Signature> = signatures
-            .into_iter()
-            .map(|mut signature| {
-                signature.options.parent_id = Some(headers.id.clone());
-                signature.options.root_id = Some(root.clone());
-                // Fixed before the attempts, so that a retried send repeats the same tasks.
-                signature
-                    .options
-                    .task_id
-                    .get_or_insert_with(|| uuid::Uuid::new_v4().to_string());
-                signature
-            })
-            .collect();
-        self.runtime
-            .persist("send linked tasks", || async {
-                self.runtime.app.send_many(prepared.clone()).await.map(drop)
-            })
-            .await
     }
 }
 

@@ -22,6 +22,7 @@ mod revoke;
 mod runtime;
 mod settle;
 mod unknown_task;
+mod workflow;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -15,7 +15,12 @@ use std::time::Duration;
 
 use queue::{App, ResultError, Signature, TaskContext, TaskError, TaskState, Worker, task};
 
+mod canvas;
 mod steering;
+pub use canvas::{
+    chains_pass_each_result_on, chords_join_their_header, failures_stop_a_chain_and_fail_a_chord,
+    groups_return_every_result_in_order,
+};
 pub use steering::consumers_added_and_cancelled_by_remote_control;
 
 /// Long enough that a passing scenario never waits for it.
@@ -149,6 +154,8 @@ pub async fn app(urls: &Urls, queue: &str) -> App {
         .task(fail)
         .task(panics)
         .task(hold)
+        .task(canvas::mul)
+        .task(canvas::xsum)
         .state(Order::default())
         .state(Gate::default())
         .build()
@@ -387,6 +394,10 @@ macro_rules! e2e_scenarios {
             cold_shutdown_gives_unfinished_tasks_to_the_next_worker,
             many_tasks_two_workers_every_result_once,
             consumers_added_and_cancelled_by_remote_control,
+            chains_pass_each_result_on,
+            groups_return_every_result_in_order,
+            chords_join_their_header,
+            failures_stop_a_chain_and_fail_a_chord,
         );
     };
     (@tests $urls:expr; $($name:ident,)*) => {

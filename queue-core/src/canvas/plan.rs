@@ -81,6 +81,19 @@ impl Context {
             ..Self::default()
         }
     }
+
+    /// Applied by task `parent_id` of the workflow `root_id`.
+    pub fn from_parent(mut self, parent_id: impl Into<String>, root_id: impl Into<String>) -> Self {
+        self.parent_id = Some(parent_id.into());
+        self.root_id = Some(root_id.into());
+        self
+    }
+
+    /// Followed by `rest` (in run order): the remainder of a chain.
+    pub fn followed_by(mut self, rest: Vec<Signature>) -> Self {
+        self.rest = rest;
+        self
+    }
 }
 
 impl Plan {

@@ -1,0 +1,142 @@
+//! Canvas end to end: chains pass each result on, groups return every result in order, a
+//! chord's body gets its header's results, and failures stop a chain and fail a chord as in
+//! Celery.
+
+use queue::canvas::{GroupResult, chain, chord, group};
+use queue::{ResultError, Signature, TaskState, Worker, task};
+
+use super::{Urls, WAIT, add, app, fail, unique_queue};
+
+#[task(name = "e2e.mul")]
+pub fn mul(x: i64, y: i64) -> i64 {
+    x * y
+}
+
+#[task(name = "e2e.xsum")]
+pub fn xsum(numbers: Vec<i64>) -> i64 {
+    numbers.iter().sum()
+}
+
+pub async fn chains_pass_each_result_on(urls: Urls) {
+    let queue = unique_queue("chain");
+    let app = app(&urls, &queue).await;
+    let worker = Worker::new(app.clone()).queues([queue.as_str()]).spawn();
+    // (2 + 2) * 8 + 1
+    let result = app
+        .send(chain([
+            add::new(2, 2).into(),
+            mul::partial(8),
+            add::partial(1),
+        ]))
+        .await
+        .unwrap()
+        .typed::<i64>();
+    assert_eq!(result.get(WAIT).await.unwrap(), 33);
+    // The same with `then`, and an immutable step that ignores what comes before.
+    let result = app
+        .send(
+            Signature::from(add::new(1, 1))
+                .then(mul::partial(10))
+                .then(add::new(5, 5).immutable()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.get(WAIT).await.unwrap(), serde_json::json!(10));
+    worker.shutdown().await.unwrap();
+}
+
+pub async fn groups_return_every_result_in_order(urls: Urls) {
+    let queue = unique_queue("group");
+    let app = app(&urls, &queue).await;
+    let worker = Worker::new(app.clone())
+        .queues([queue.as_str()])
+        .concurrency(4)
+        .spawn();
+    let sums = app
+        .send_group(group((0..20).map(|i| add::new(i, i))))
+        .await
+        .unwrap()
+        .typed::<i64>();
+    assert_eq!(sums.len(), 20);
+    let expected: Vec<i64> = (0..20).map(|i| i * 2).collect();
+    assert_eq!(sums.get(WAIT).await.unwrap(), expected);
+    assert_eq!(sums.completed_count().await.unwrap(), 20);
+    assert!(sums.ready().await.unwrap());
+    // Saved, it is found again by id (as Python's GroupResult.restore finds it).
+    sums.save().await.unwrap();
+    let restored = GroupResult::<i64>::restore(&app, sums.id())
+        .await
+        .unwrap()
+        .expect("the saved group");
+    assert_eq!(restored.task_ids(), sums.task_ids());
+    assert_eq!(restored.get(WAIT).await.unwrap(), expected);
+    worker.shutdown().await.unwrap();
+}
+
+pub async fn chords_join_their_header(urls: Urls) {
+    let queue = unique_queue("chord");
+    let app = app(&urls, &queue).await;
+    let worker = Worker::new(app.clone())
+        .queues([queue.as_str()])
+        .concurrency(4)
+        .spawn();
+    let total = app
+        .send(chord((0..10).map(|i| add::new(i, i)), xsum::partial()))
+        .await
+        .unwrap()
+        .typed::<i64>();
+    assert_eq!(total.get(WAIT).await.unwrap(), 90);
+    // In a chain: 1 + 1, then 2 * 2 and 2 * 3 in parallel, then their sum.
+    let total = app
+        .send(chain([
+            add::new(1, 1).into(),
+            group([mul::partial(2), mul::partial(3)]),
+            xsum::partial().into(),
+        ]))
+        .await
+        .unwrap()
+        .typed::<i64>();
+    assert_eq!(total.get(WAIT).await.unwrap(), 10);
+    worker.shutdown().await.unwrap();
+}
+
+pub async fn failures_stop_a_chain_and_fail_a_chord(urls: Urls) {
+    let queue = unique_queue("canvas_failures");
+    let app = app(&urls, &queue).await;
+    let worker = Worker::new(app.clone())
+        .queues([queue.as_str()])
+        .concurrency(2)
+        .spawn();
+    let body = app
+        .send(chord(
+            [
+                add::new(1, 1).into(),
+                Signature::from(fail::new("boom".into())),
+            ],
+            xsum::partial(),
+        ))
+        .await
+        .unwrap();
+    match body.get(WAIT).await {
+        Err(ResultError::Failed { error, .. }) => {
+            assert_eq!(error.exc_type(), "ChordError");
+            assert!(error.message().contains("boom"), "{}", error.message());
+        }
+        other => panic!("the chord's body should fail: {other:?}"),
+    }
+    // A failing step: the steps after it never go out.
+    let first = fail::new("stop".into()).task_id(format!("{queue}-first"));
+    let last = app
+        .send(chain([Signature::from(first), add::partial(1).into()]))
+        .await
+        .unwrap();
+    let failed = app.result::<serde_json::Value>(format!("{queue}-first"));
+    assert!(matches!(
+        failed.get(WAIT).await,
+        Err(ResultError::Failed { .. })
+    ));
+    worker.shutdown().await.unwrap();
+    assert_eq!(last.state().await.unwrap(), TaskState::Pending);
+    let left = app.broker().queue_length(&queue).await.unwrap();
+    assert_eq!(left.total, 0, "nothing was sent after the failed step");
+}
