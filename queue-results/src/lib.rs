@@ -40,6 +40,16 @@
 //! the cleanup. Rows Python wrote have no `expires_at` and are left to Celery's own
 //! `celery.backend_cleanup`, which filters on `date_done` (indexed, as in Celery).
 //!
+//! # Chords: our own counter join
+//!
+//! Two more tables are ours alone: `queue_chords` and `queue_chord_parts` hold the chord
+//! join of [`ResultBackend::chord_part`]. Celery's database backend has no counter join (its
+//! chords poll with the `celery.chord_unlock` task), so Rust workers join exactly at the
+//! last part, with no polling task, in one transaction that locks the chord's row; Python
+//! workers on a SQL backend do not take part in that join. A claim left by a finisher that
+//! died is retaken after 30 s by the next copy of a part; dispatched chords keep a small
+//! `done` row (so late copies do nothing) until their expiry.
+//!
 //! Migrations are `sqlx` migrations ([`POSTGRES_MIGRATOR`], [`SQLITE_MIGRATOR`]), run on
 //! connect unless `migrate=false`; they are idempotent (`IF NOT EXISTS`), and on PostgreSQL
 //! they also upgrade tables Celery created first (adding the missing columns). They share
@@ -70,6 +80,8 @@
 // machinery is then unused.
 #![cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod chord;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod codec;
 mod error;

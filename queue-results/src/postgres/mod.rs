@@ -8,6 +8,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use queue_core::chord::{ChordClaim, ChordJoin, ChordPart};
 use queue_core::connect::RedactedUrl;
 use queue_core::{BackendError, GroupMeta, ResultBackend, TaskMeta};
 use sqlx::migrate::Migrator;
@@ -18,6 +19,7 @@ use tracing::{debug, info};
 
 pub use listener::CHANNEL as NOTIFY_CHANNEL;
 
+use crate::chord::postgres as chord;
 use crate::codec::{self, TaskRow};
 use crate::error::{SqlError, with_retries};
 use crate::options::{SqlOptions, parse_url, split_url};
@@ -351,6 +353,18 @@ impl ResultBackend for PostgresBackend {
         Ok(Some(codec::decode_group(group_id, bytes.as_deref())?))
     }
 
+    async fn chord_start(&self, group_id: &str, size: u64) -> Result<(), BackendError> {
+        Ok(chord::start(&self.inner.pool, &self.inner.options, group_id, size).await?)
+    }
+
+    async fn chord_part(&self, group_id: &str, part: ChordPart) -> Result<ChordJoin, BackendError> {
+        Ok(chord::part(&self.inner.pool, &self.inner.options, group_id, part).await?)
+    }
+
+    async fn chord_dispatched(&self, claim: &ChordClaim) -> Result<(), BackendError> {
+        Ok(chord::dispatched(&self.inner.pool, &self.inner.options, claim).await?)
+    }
+
     async fn cleanup_expired(&self) -> Result<u64, BackendError> {
         const BATCH: usize = 10_000;
         let mut removed = 0;
@@ -369,6 +383,7 @@ impl ResultBackend for PostgresBackend {
                 }
             }
         }
+        removed += chord::cleanup_expired(&self.inner.pool, &self.inner.options).await?;
         if removed > 0 {
             debug!(removed, "expired results deleted");
         }
