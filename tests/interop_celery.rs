@@ -4,55 +4,20 @@
 
 mod interop {
     pub mod python;
+    pub mod setup;
     pub mod tasks;
 }
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use interop::python::{self, PythonWorker};
-use interop::tasks::{self, add, echo, fail, flaky};
+use interop::setup::{Setup, rust_app, setup, unique};
+use interop::tasks::{add, echo, fail, flaky};
 use queue::protocol::kombu;
-use queue::{App, ResultError, Signature, TaskState, Worker};
+use queue::{ResultError, Signature, TaskState, Worker};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-struct Setup {
-    python: PathBuf,
-    broker: String,
-    backend: String,
-}
-
-fn setup(broker_variable: &str) -> Option<Setup> {
-    let python = python::python()?;
-    let broker = queue_core::conformance::server_url(broker_variable)?;
-    let backend = queue_core::conformance::server_url("QUEUE_TEST_REDIS_URL")?;
-    Some(Setup {
-        python,
-        broker,
-        backend,
-    })
-}
-
-fn unique(label: &str) -> String {
-    format!("interop.{label}.{}", uuid_hex())
-}
-
-fn uuid_hex() -> String {
-    use rand::Rng;
-    format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff)
-}
-
-async fn rust_app(setup: &Setup, queue: &str) -> App {
-    tasks::register(App::builder())
-        .broker(setup.broker.clone())
-        .backend(setup.backend.clone())
-        .default_queue(queue)
-        .build()
-        .await
-        .expect("connect")
-}
 
 /// Python's `send_task`/`apply_async` → our worker; results read by Python's AsyncResult.
 async fn python_clients_rust_worker(setup: Setup) {

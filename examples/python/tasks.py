@@ -45,3 +45,13 @@ def flaky(self, failures):
 def sleep(seconds):
     time.sleep(seconds)
     return seconds
+
+
+@app.task(name="tasks.mul")
+def mul(x, y):
+    return x * y
+
+
+@app.task(name="tasks.xsum")
+def xsum(numbers):
+    return sum(numbers)

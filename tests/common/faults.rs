@@ -178,4 +178,17 @@ impl ResultBackend for FaultyBackend {
     async fn get_group(&self, group_id: &str) -> Result<Option<GroupMeta>, BackendError> {
         self.inner.get_group(group_id).await
     }
+    async fn chord_start(&self, group_id: &str, size: u64) -> Result<(), BackendError> {
+        self.inner.chord_start(group_id, size).await
+    }
+    async fn chord_part(
+        &self,
+        group_id: &str,
+        part: queue::chord::ChordPart,
+    ) -> Result<queue::chord::ChordJoin, BackendError> {
+        self.inner.chord_part(group_id, part).await
+    }
+    async fn chord_dispatched(&self, claim: &queue::chord::ChordClaim) -> Result<(), BackendError> {
+        self.inner.chord_dispatched(claim).await
+    }
 }

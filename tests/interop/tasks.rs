@@ -13,6 +13,18 @@ pub fn add(x: i64, y: i64) -> i64 {
     x + y
 }
 
+/// `tasks.mul(x, y)`: the product of two integers.
+#[task(name = "tasks.mul")]
+pub fn mul(x: i64, y: i64) -> i64 {
+    x * y
+}
+
+/// `tasks.xsum(numbers)`: the sum of a list of integers (a chord's body).
+#[task(name = "tasks.xsum")]
+pub fn xsum(numbers: Vec<i64>) -> i64 {
+    numbers.iter().sum()
+}
+
 /// `tasks.echo(value)`: the value unchanged, kombu's typed envelopes included.
 #[task(name = "tasks.echo")]
 pub fn echo(value: Value) -> Value {
@@ -49,6 +61,8 @@ pub async fn sleep(seconds: Number) -> Result<Number, TaskError> {
 pub fn register(builder: AppBuilder) -> AppBuilder {
     builder
         .task(add)
+        .task(mul)
+        .task(xsum)
         .task(echo)
         .task(fail)
         .task(flaky)

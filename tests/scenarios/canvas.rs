@@ -23,11 +23,7 @@ pub async fn chains_pass_each_result_on(urls: Urls) {
     let worker = Worker::new(app.clone()).queues([queue.as_str()]).spawn();
     // (2 + 2) * 8 + 1
     let result = app
-        .send(chain([
-            add::new(2, 2).into(),
-            mul::partial(8),
-            add::partial(1),
-        ]))
+        .send(chain([add::new(2, 2), mul::partial(8), add::partial(1)]))
         .await
         .unwrap()
         .typed::<i64>();
