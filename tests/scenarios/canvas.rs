@@ -2,10 +2,12 @@
 //! chord's body gets its header's results, and failures stop a chain and fail a chord as in
 //! Celery.
 
-use queue::canvas::{GroupResult, chain, chord, group};
-use queue::{ResultError, Signature, TaskState, Worker, task};
+use std::time::Duration;
 
-use super::{Urls, WAIT, add, app, fail, unique_queue};
+use queue::canvas::{Group, GroupResult, chain, chord, group};
+use queue::{ResultError, Signature, TaskState, TypedSignature, Worker, task};
+
+use super::{Gate, Urls, WAIT, add, app, fail, flaky, hold, unique_queue};
 
 #[task(name = "e2e.mul")]
 pub fn mul(x: i64, y: i64) -> i64 {
@@ -135,4 +137,77 @@ pub async fn failures_stop_a_chain_and_fail_a_chord(urls: Urls) {
     assert_eq!(last.state().await.unwrap(), TaskState::Pending);
     let left = app.broker().queue_length(&queue).await.unwrap();
     assert_eq!(left.total, 0, "nothing was sent after the failed step");
+}
+
+pub async fn typed_canvas_retried_parts_and_revoked_groups(urls: Urls) {
+    let queue = unique_queue("canvas_typed");
+    let app = app(&urls, &queue).await;
+    let node = format!("typed@{queue}");
+    let worker = Worker::new(app.clone())
+        .node_name(node.as_str())
+        .queues([queue.as_str()])
+        .concurrency(1)
+        .spawn();
+    // Typed all the way: the chain's result is its last task's, the chord's its body's.
+    let product: i64 = add::new(2, 2)
+        .then(mul::partial(8))
+        .send(&app)
+        .await
+        .unwrap()
+        .get(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(product, 32);
+    let doubled: Vec<i64> = Group::of((0..5).map(|i| add::new(i, i)))
+        .send(&app)
+        .await
+        .unwrap()
+        .get(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(doubled, [0, 2, 4, 6, 8]);
+    // Parts that retry count once, with their final result.
+    let retried: i64 = Group::of([flaky::new(2), flaky::new(3)])
+        .then(TypedSignature::<i64>::from_signature(
+            xsum::partial().into(),
+        ))
+        .send(&app)
+        .await
+        .unwrap()
+        .get(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(retried, 5);
+    // Revoking a group revokes its members: queued behind a held task, none of them runs.
+    let held = hold::new().send(&app).await.unwrap();
+    let gate = app.state::<Gate>().unwrap();
+    gate.started_signal.notified().await;
+    let members = Group::of((0..3).map(|i| add::new(i, 1)))
+        .send(&app)
+        .await
+        .unwrap();
+    // Once the worker answers a ping, it listens; its control requests run in order, so
+    // the revocation is in effect once it answers the next one.
+    let answers = || async {
+        let control = app.control().destination([node.as_str()]);
+        control
+            .timeout(Duration::from_millis(200))
+            .ping()
+            .await
+            .unwrap()
+            .0
+            .len()
+    };
+    while answers().await == 0 {}
+    members.revoke(false).await.unwrap();
+    assert_eq!(answers().await, 1);
+    gate.release.add_permits(1);
+    held.get(WAIT).await.unwrap();
+    for member in members.results() {
+        assert!(matches!(
+            member.get(WAIT).await,
+            Err(ResultError::Revoked { .. })
+        ));
+    }
+    worker.shutdown().await.unwrap();
 }

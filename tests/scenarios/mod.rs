@@ -19,7 +19,7 @@ mod canvas;
 mod steering;
 pub use canvas::{
     chains_pass_each_result_on, chords_join_their_header, failures_stop_a_chain_and_fail_a_chord,
-    groups_return_every_result_in_order,
+    groups_return_every_result_in_order, typed_canvas_retried_parts_and_revoked_groups,
 };
 pub use steering::consumers_added_and_cancelled_by_remote_control;
 
@@ -125,7 +125,7 @@ async fn hold(context: TaskContext) -> String {
     context.id().to_owned()
 }
 
-struct Gate {
+pub(crate) struct Gate {
     started: AtomicUsize,
     started_signal: tokio::sync::Notify,
     release: tokio::sync::Semaphore,
@@ -398,6 +398,7 @@ macro_rules! e2e_scenarios {
             groups_return_every_result_in_order,
             chords_join_their_header,
             failures_stop_a_chain_and_fail_a_chord,
+            typed_canvas_retried_parts_and_revoked_groups,
         );
     };
     (@tests $urls:expr; $($name:ident,)*) => {

@@ -30,6 +30,7 @@
 
 pub mod plan;
 pub mod result;
+mod typed;
 
 use serde_json::{Map, Value, json};
 
@@ -37,6 +38,7 @@ use crate::signature::Signature;
 
 pub use plan::{Context, Frozen, Plan, Planned};
 pub use result::GroupResult;
+pub use typed::Group;
 
 /// Celery's builtin task name of a chain.
 pub const CHAIN: &str = "celery.chain";

@@ -125,6 +125,12 @@ impl<T> GroupResult<T> {
         }
     }
 
+    /// Revokes every member (Celery's `GroupResult.revoke`): workers discard those that
+    /// have not run, and with `terminate` stop those running.
+    pub async fn revoke(&self, terminate: bool) -> Result<(), crate::control::ControlError> {
+        self.app.control().revoke_many(&self.ids, terminate).await
+    }
+
     /// How many members succeeded.
     pub async fn completed_count(&self) -> Result<usize, ResultError> {
         let backend = self.app.backend().ok_or(ResultError::NoBackend)?;

@@ -117,6 +117,20 @@ impl Control {
         self.cast("revoke", arguments).await
     }
 
+    /// `revoke` of many tasks in one broadcast (Celery's `revoke([id, …])`): a group's
+    /// members, say.
+    pub async fn revoke_many(
+        &self,
+        task_ids: &[String],
+        terminate: bool,
+    ) -> Result<(), ControlError> {
+        let mut arguments = Map::new();
+        arguments.insert("task_id".into(), Value::from(task_ids.to_vec()));
+        arguments.insert("terminate".into(), Value::from(terminate));
+        arguments.insert("signal".into(), Value::from("SIGTERM"));
+        self.cast("revoke", arguments).await
+    }
+
     /// `rate_limit`: a new rate limit (`"10/m"`) for `task_name` on the workers.
     pub async fn rate_limit(&self, task_name: &str, rate: &str) -> Result<Replies, ControlError> {
         let mut arguments = Map::new();
