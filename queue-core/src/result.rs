@@ -166,6 +166,20 @@ impl<T: DeserializeOwned> AsyncResult<T> {
                 });
             }
         };
+        self.outcome(meta)
+    }
+
+    /// Reads the result now when it is ready, else waits up to `timeout` as
+    /// [`AsyncResult::get`] does (one read instead of a wait for what is already done).
+    pub async fn get_ready_or_wait(&self, timeout: Duration) -> Result<T, ResultError> {
+        match self.backend()?.get(&self.id).await? {
+            Some(meta) if meta.status.is_ready() => self.outcome(meta),
+            _ => self.get(timeout).await,
+        }
+    }
+
+    /// The value of a READY meta, or the error it stores.
+    fn outcome(&self, meta: TaskMeta) -> Result<T, ResultError> {
         match meta.status {
             TaskState::Success => {
                 serde_json::from_value(meta.result).map_err(|source| ResultError::Decode {

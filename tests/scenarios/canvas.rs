@@ -211,3 +211,30 @@ pub async fn typed_canvas_retried_parts_and_revoked_groups(urls: Urls) {
     }
     worker.shutdown().await.unwrap();
 }
+
+/// Members in the scale scenario: Celery users send groups and chords this large.
+const LARGE: i64 = 10_000;
+
+pub async fn ten_thousand_in_a_group_and_in_a_chord(urls: Urls) {
+    let queue = unique_queue("canvas_large");
+    let app = app(&urls, &queue).await;
+    let worker = Worker::new(app.clone())
+        .queues([queue.as_str()])
+        .concurrency(16)
+        .spawn();
+    let wait = WAIT * 4;
+    let sums = Group::of((0..LARGE).map(|i| add::new(i, 1)))
+        .send(&app)
+        .await
+        .unwrap();
+    let values = sums.get(wait).await.unwrap();
+    assert_eq!(values.len(), LARGE as usize);
+    assert_eq!(values.iter().sum::<i64>(), (1..=LARGE).sum::<i64>());
+    let total = Group::of((0..LARGE).map(|i| add::new(i, 1)))
+        .then(xsum::partial())
+        .send(&app)
+        .await
+        .unwrap();
+    assert_eq!(total.get(wait).await.unwrap(), (1..=LARGE).sum::<i64>());
+    worker.shutdown().await.unwrap();
+}

@@ -11,6 +11,9 @@ use crate::app::App;
 use crate::backend::GroupMeta;
 use crate::result::{AsyncResult, ResultError};
 
+/// Members read at once by [`GroupResult::get`].
+const READ_AHEAD: usize = 64;
+
 /// The results of a group: one [`AsyncResult`] per member, in order. `T` is the members'
 /// result type (`Value` when untyped).
 ///
@@ -167,12 +170,17 @@ impl<T: DeserializeOwned> GroupResult<T> {
     /// Waits up to `timeout` (for all of them together) and returns every member's value in
     /// order; the first failure or revocation met is the error.
     pub async fn get(&self, timeout: Duration) -> Result<Vec<T>, ResultError> {
+        use futures::{StreamExt, TryStreamExt};
         let deadline = Instant::now() + timeout;
-        let mut values = Vec::with_capacity(self.ids.len());
-        for result in self.results() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            values.push(result.get(left).await?);
-        }
-        Ok(values)
+        // Several members read at once (in order): a large group is read in round trips
+        // of many, not one after the other.
+        futures::stream::iter(self.results())
+            .map(|result| async move {
+                let left = deadline.saturating_duration_since(Instant::now());
+                result.get_ready_or_wait(left).await
+            })
+            .buffered(READ_AHEAD)
+            .try_collect()
+            .await
     }
 }
