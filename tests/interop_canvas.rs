@@ -15,7 +15,7 @@ use std::time::Duration;
 use interop::python::PythonWorker;
 use interop::setup::{Setup, run_script, rust_app, setup, unique};
 use interop::tasks::{add, fail, mul, xsum};
-use queue::canvas::{GroupResult, chain, chord, group};
+use queue::canvas::{GroupResult, chain, chord, chunks, group, map};
 use queue::{ResultError, Signature, Worker};
 use serde_json::json;
 
@@ -47,6 +47,9 @@ out["group_id"] = sums.id
 out["chord"] = chord((s(add, i, i) for i in range(10)), s(xsum)).apply_async().get(timeout=60)
 nested = chain(s(add, 1, 1), chord([s(mul, 2), s(mul, 3)], s(xsum)), s(add, 100))
 out["chain_of_chord"] = nested.apply_async().get(timeout=60)
+out["map"] = xsum.map([[1, 2], [3, 4, 5]]).set(queue=Q).apply_async().get(timeout=60)
+out["starmap"] = mul.starmap([(2, 3), (4, 5)]).set(queue=Q).apply_async().get(timeout=60)
+out["chunks"] = add.chunks(list(zip(range(10), range(10))), 4).apply_async(queue=Q).get(timeout=60)
 failing = chord([s(add, 1, 1), s(fail, "boom")], s(xsum)).apply_async()
 # Not propagated: Python's get would raise the failed part's own error first.
 failing.get(timeout=60, propagate=False)
@@ -59,6 +62,12 @@ print(json.dumps(out))
     assert_eq!(out["group"], json!([0, 2, 4, 6, 8, 10, 12, 14, 16, 18]));
     assert_eq!(out["chord"], 90);
     assert_eq!(out["chain_of_chord"], 110);
+    assert_eq!(out["map"], json!([3, 12]));
+    assert_eq!(out["starmap"], json!([6, 20]));
+    assert_eq!(
+        out["chunks"],
+        json!([[0, 2, 4, 6], [8, 10, 12, 14], [16, 18]])
+    );
     assert_eq!(out["chord_error"][0], "ChordError");
     assert_eq!(out["chord_error"][1], "FAILURE");
     assert!(
@@ -103,6 +112,17 @@ async fn rust_canvas_python_worker(setup: Setup) {
     ]);
     let nested = app.send(nested).await.unwrap().typed::<i64>();
     assert_eq!(nested.get(WAIT).await.unwrap(), 110);
+    let mapped = app
+        .send(map(xsum::partial(), [vec![1, 2], vec![3, 4, 5]]))
+        .await
+        .unwrap();
+    assert_eq!(mapped.get(WAIT).await.unwrap(), json!([3, 12]));
+    let pairs: Vec<[i64; 2]> = (0..10).map(|i| [i, i]).collect();
+    let parts = app
+        .send_group(chunks(add::partial(0), pairs, 4))
+        .await
+        .unwrap();
+    assert_eq!(parts.get(WAIT).await.unwrap()[2], json!([16, 18]));
     let failing = app
         .send(chord(
             [

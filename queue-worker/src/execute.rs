@@ -106,7 +106,9 @@ impl Execution<'_> {
             info!("task revoked: discarded");
             return self.revoked(false, "revoked").await;
         }
-        let Some(task) = self.runtime.app.registry().get(name).cloned() else {
+        // Celery's builtin canvas tasks (celery.map, …) run with the app's own tasks.
+        let registered = self.runtime.app.registry().get(name).cloned();
+        let Some(task) = registered.or_else(|| queue_core::canvas::builtin(name)) else {
             return self.unknown_task().await;
         };
         let body = match self.message.decode_body() {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use queue::canvas::{Group, GroupResult, chain, chord, group};
+use queue::canvas::{Group, GroupResult, chain, chord, chunks, group, map, starmap};
 use queue::{ResultError, Signature, TaskState, TypedSignature, Worker, task};
 
 use super::{Gate, Urls, WAIT, add, app, fail, flaky, hold, unique_queue};
@@ -236,5 +236,34 @@ pub async fn ten_thousand_in_a_group_and_in_a_chord(urls: Urls) {
         .await
         .unwrap();
     assert_eq!(total.get(wait).await.unwrap(), (1..=LARGE).sum::<i64>());
+    worker.shutdown().await.unwrap();
+}
+
+pub async fn map_starmap_and_chunks(urls: Urls) {
+    let queue = unique_queue("canvas_map");
+    let app = app(&urls, &queue).await;
+    let worker = Worker::new(app.clone()).queues([queue.as_str()]).spawn();
+    let sums = app
+        .send(map(xsum::partial(), [vec![1, 2], vec![3, 4, 5]]))
+        .await
+        .unwrap();
+    assert_eq!(sums.get(WAIT).await.unwrap(), serde_json::json!([3, 12]));
+    let products = app
+        .send(starmap(mul::partial(0), [[2, 3], [4, 5]]))
+        .await
+        .unwrap();
+    assert_eq!(
+        products.get(WAIT).await.unwrap(),
+        serde_json::json!([6, 20])
+    );
+    let pairs: Vec<[i64; 2]> = (0..10).map(|i| [i, i]).collect();
+    let parts = app
+        .send_group(chunks(add::partial(0), pairs, 4))
+        .await
+        .unwrap()
+        .typed::<Vec<i64>>();
+    assert_eq!(parts.len(), 3);
+    let flat: Vec<i64> = parts.get(WAIT).await.unwrap().concat();
+    assert_eq!(flat, (0..10).map(|i| i * 2).collect::<Vec<_>>());
     worker.shutdown().await.unwrap();
 }

@@ -19,8 +19,8 @@ mod canvas;
 mod steering;
 pub use canvas::{
     chains_pass_each_result_on, chords_join_their_header, failures_stop_a_chain_and_fail_a_chord,
-    groups_return_every_result_in_order, ten_thousand_in_a_group_and_in_a_chord,
-    typed_canvas_retried_parts_and_revoked_groups,
+    groups_return_every_result_in_order, map_starmap_and_chunks,
+    ten_thousand_in_a_group_and_in_a_chord, typed_canvas_retried_parts_and_revoked_groups,
 };
 pub use steering::consumers_added_and_cancelled_by_remote_control;
 
@@ -401,6 +401,7 @@ macro_rules! e2e_scenarios {
             failures_stop_a_chain_and_fail_a_chord,
             typed_canvas_retried_parts_and_revoked_groups,
             ten_thousand_in_a_group_and_in_a_chord,
+            map_starmap_and_chunks,
         );
     };
     (@tests $urls:expr; $($name:ident,)*) => {

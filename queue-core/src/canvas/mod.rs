@@ -28,6 +28,7 @@
 //! assert_eq!(both.subtask_type.as_deref(), Some("group"));
 //! ```
 
+pub mod builtins;
 pub mod plan;
 pub mod result;
 mod typed;
@@ -36,6 +37,7 @@ use serde_json::{Map, Value, json};
 
 use crate::signature::Signature;
 
+pub use builtins::builtin;
 pub use plan::{Context, Frozen, Plan, Planned};
 pub use result::GroupResult;
 pub use typed::Group;
@@ -119,6 +121,34 @@ impl Shape {
                     header,
                     body: Box::new(body),
                 })
+            }
+            // A single message of Celery's builtin `celery.map` / `celery.starmap`.
+            Some("xmap" | "xstarmap") => Ok(Self::Task),
+            // Celery's `chunks.apply_async()` sends the group of starmaps it stands for.
+            Some("chunks") => {
+                let task = part(signature.kwargs.get("task"), "chunks", "task")?;
+                let items = match signature.kwargs.get("it") {
+                    Some(Value::Array(items)) => items.clone(),
+                    _ => {
+                        return Err(CanvasError::Malformed {
+                            kind: "chunks",
+                            reason: "`it` is not a list".into(),
+                        });
+                    }
+                };
+                let size = signature
+                    .kwargs
+                    .get("n")
+                    .and_then(Value::as_u64)
+                    .filter(|size| *size > 0)
+                    .ok_or_else(|| CanvasError::Malformed {
+                        kind: "chunks",
+                        reason: "`n` is not a positive count".into(),
+                    })?;
+                match Self::of(&chunks(task, items, size))? {
+                    Self::Group(members) => Ok(Self::Group(members)),
+                    _ => unreachable_group(),
+                }
             }
             Some(other) => Err(CanvasError::Unsupported(other.to_owned())),
         }
@@ -211,6 +241,69 @@ pub fn chord(
     kwargs.insert("body".into(), json!(body.into()));
     kwargs.insert("kwargs".into(), Value::Object(Map::new()));
     canvas(CHORD, "chord", kwargs)
+}
+
+fn unreachable_group() -> Result<Shape, CanvasError> {
+    Err(CanvasError::Malformed {
+        kind: "chunks",
+        reason: "not a group".into(),
+    })
+}
+
+fn items(items: impl IntoIterator<Item = impl serde::Serialize>) -> Value {
+    Value::Array(
+        items
+            .into_iter()
+            .map(|item| serde_json::to_value(item).unwrap_or(Value::Null))
+            .collect(),
+    )
+}
+
+fn mapping(name: &str, kind: &str, task: Signature, it: Value) -> Signature {
+    let mut kwargs = Map::new();
+    kwargs.insert("task".into(), json!(task));
+    kwargs.insert("it".into(), it);
+    canvas(name, kind, kwargs)
+}
+
+/// One message that runs `task` over each item (`task(item)`), one after another, in the
+/// worker that takes it (Celery's `task.map(it)`); its result is the list of results.
+pub fn map(
+    task: impl Into<Signature>,
+    it: impl IntoIterator<Item = impl serde::Serialize>,
+) -> Signature {
+    mapping(builtins::MAP, "xmap", task.into(), items(it))
+}
+
+/// As [`map`], each item being the list of the task's arguments (`task(*item)`, Celery's
+/// `task.starmap(it)`).
+pub fn starmap(
+    task: impl Into<Signature>,
+    it: impl IntoIterator<Item = impl serde::Serialize>,
+) -> Signature {
+    mapping(builtins::STARMAP, "xstarmap", task.into(), items(it))
+}
+
+/// `it` (lists of arguments) cut in parts of `size`, each a [`starmap`], all in one
+/// [`group`] (Celery's `task.chunks(it, n)`): many small tasks sent as few messages.
+pub fn chunks(
+    task: impl Into<Signature>,
+    it: impl IntoIterator<Item = impl serde::Serialize>,
+    size: u64,
+) -> Signature {
+    let task = task.into();
+    let Value::Array(all) = items(it) else {
+        return group(Vec::<Signature>::new());
+    };
+    let size = usize::try_from(size.max(1)).unwrap_or(usize::MAX);
+    group(all.chunks(size).map(|part| {
+        mapping(
+            builtins::STARMAP,
+            "xstarmap",
+            task.clone(),
+            Value::Array(part.to_vec()),
+        )
+    }))
 }
 
 impl Signature {

@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::canvas::{chunks, map};
 
 fn task(name: &str) -> Signature {
     Signature::new(name)
@@ -139,11 +140,37 @@ fn malformed_canvas_is_an_error() {
     };
     assert!(Plan::of(broken, Context::default()).is_err());
     let unknown = Signature {
-        subtask_type: Some("xmap".into()),
-        ..task("celery.map")
+        subtask_type: Some("regroup".into()),
+        ..task("celery.regroup")
     };
     assert!(matches!(
         Plan::of(unknown, Context::default()),
         Err(CanvasError::Unsupported(_))
     ));
+}
+
+#[test]
+fn map_is_one_message_and_chunks_a_group_of_starmaps() {
+    let (plan, frozen) = planned(map(task("double"), [1, 2, 3]));
+    assert_eq!(plan.messages.len(), 1);
+    let message = &plan.messages[0].signature;
+    assert_eq!(message.name, "celery.map");
+    assert_eq!(message.kwargs["it"], json!([1, 2, 3]));
+    assert_eq!(message.kwargs["task"]["task"], "double");
+    assert!(matches!(frozen, Frozen::Task(_)));
+    let pairs: Vec<[i64; 2]> = (0..10).map(|i| [i, i]).collect();
+    let (plan, frozen) = planned(chunks(task("add"), pairs, 4));
+    let Frozen::Group { members, .. } = frozen else {
+        panic!("chunks are a group")
+    };
+    assert_eq!(members.len(), 3, "4 + 4 + 2");
+    assert!(
+        plan.messages
+            .iter()
+            .all(|m| m.signature.name == "celery.starmap")
+    );
+    assert_eq!(
+        plan.messages[2].signature.kwargs["it"],
+        json!([[8, 8], [9, 9]])
+    );
 }
