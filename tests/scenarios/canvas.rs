@@ -122,12 +122,33 @@ pub async fn failures_stop_a_chain_and_fail_a_chord(urls: Urls) {
         }
         other => panic!("the chord's body should fail: {other:?}"),
     }
-    // A failing step: the steps after it never go out.
-    let first = fail::new("stop".into()).task_id(format!("{queue}-first"));
-    let last = app
-        .send(chain([Signature::from(first), add::partial(1).into()]))
+    // The body's errbacks are called with its id.
+    let body_errback = format!("{queue}-body-errback");
+    let failed_body = app
+        .send(
+            chord(
+                [Signature::from(fail::new("again".into()))],
+                xsum::partial(),
+            )
+            .link_error(Signature::new("e2e.record").task_id(body_errback.as_str())),
+        )
         .await
         .unwrap();
+    let called_with = app.result::<String>(body_errback).get(WAIT).await.unwrap();
+    assert_eq!(called_with, failed_body.id());
+    // A failing step: the chain's errback is called with its id, and the steps after it
+    // never go out.
+    let chain_errback = format!("{queue}-chain-errback");
+    let first = fail::new("stop".into()).task_id(format!("{queue}-first"));
+    let last = app
+        .send(
+            chain([Signature::from(first), add::partial(1).into()])
+                .link_error(Signature::new("e2e.record").task_id(chain_errback.as_str())),
+        )
+        .await
+        .unwrap();
+    let called_with = app.result::<String>(chain_errback).get(WAIT).await.unwrap();
+    assert_eq!(called_with, format!("{queue}-first"));
     let failed = app.result::<serde_json::Value>(format!("{queue}-first"));
     assert!(matches!(
         failed.get(WAIT).await,

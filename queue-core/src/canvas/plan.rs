@@ -106,6 +106,7 @@ impl Plan {
     }
 
     fn apply(&mut self, signature: Signature, context: Context) -> Result<Frozen, CanvasError> {
+        let signature = links_distributed(signature)?;
         match Shape::of(&signature)? {
             Shape::Task => self.task(signature, context),
             Shape::Chain(tasks) => {
@@ -364,6 +365,47 @@ fn belong(signature: &mut Signature, context: &Context) -> Result<(), CanvasErro
             "a group as the last step of a group member or chord part".into(),
         )),
     }
+}
+
+/// A canvas's own callbacks and errbacks put where Celery puts them: a chain's errbacks on
+/// every step and its callbacks on the last; a group's on every member; a chord's on its
+/// body. A plain task keeps its own.
+fn links_distributed(mut signature: Signature) -> Result<Signature, CanvasError> {
+    if signature.options.link.is_empty() && signature.options.link_error.is_empty() {
+        return Ok(signature);
+    }
+    let shape = Shape::of(&signature)?;
+    if shape == Shape::Task {
+        return Ok(signature);
+    }
+    let link = std::mem::take(&mut signature.options.link);
+    let link_error = std::mem::take(&mut signature.options.link_error);
+    let add = |member: &mut Signature, link: &[Signature], link_error: &[Signature]| {
+        member.options.link.extend(link.iter().cloned());
+        member.options.link_error.extend(link_error.iter().cloned());
+    };
+    Ok(match shape {
+        Shape::Task => signature,
+        Shape::Chain(mut tasks) => {
+            for task in &mut tasks {
+                add(task, &[], &link_error);
+            }
+            if let Some(last) = tasks.last_mut() {
+                add(last, &link, &[]);
+            }
+            rebuilt(&signature, chain(tasks))
+        }
+        Shape::Group(mut members) => {
+            for member in &mut members {
+                add(member, &link, &link_error);
+            }
+            rebuilt(&signature, group(members))
+        }
+        Shape::Chord { header, mut body } => {
+            add(&mut body, &link, &link_error);
+            rebuilt(&signature, chord(header, *body))
+        }
+    })
 }
 
 /// `built` with `original`'s options and immutability.
