@@ -2,7 +2,10 @@
 //!
 //! Run with `cargo xtask bench` (or `cargo bench --bench throughput`). Prints a table.
 //! `QUEUE_BENCH_TASKS` sets the number of tasks (default 20000); `QUEUE_BENCH_ONLY=redis-events`
-//! runs only the Redis task events rows.
+//! runs only the Redis task events rows. The canvas rows (Redis, `throughput/canvas.rs`): a
+//! group and a chord of `QUEUE_BENCH_CANVAS_TASKS` (default 10000) `tasks.add` parts, their
+//! time and each worker process's peak RSS, ours against Python Celery 5.7 in the same run;
+//! alone with `QUEUE_BENCH_ONLY=canvas`.
 
 use std::time::{Duration, Instant};
 
@@ -113,6 +116,14 @@ async fn round_trip(count: usize) -> (Duration, Duration) {
 #[cfg(feature = "redis")]
 #[path = "throughput/redis_bench.rs"]
 mod redis_bench;
+
+// Canvas on Redis: a group and a chord of 10k `tasks.add`, each worker (ours: this binary
+// started again as a worker; Python's: a solo Celery worker) in its own process so its
+// peak RSS is its own. Needs the `redis` feature.
+#[cfg(feature = "redis")]
+#[path = "throughput/canvas.rs"]
+mod canvas;
+
 // ---------------------------------------------------------------------------------------
 // SQL result backends (`queue-results`): the round trip with results in PostgreSQL
 // (`QUEUE_TEST_POSTGRES_URL`, as exported by `cargo xtask bench`) and in a SQLite file, on
@@ -139,6 +150,11 @@ mod sql_bench;
 mod amqp_bench;
 
 fn main() {
+    // This binary started again by the canvas rows, as their worker process.
+    #[cfg(feature = "redis")]
+    if canvas::worker_process() {
+        return;
+    }
     let count: usize = std::env::var("QUEUE_BENCH_TASKS")
         .ok()
         .and_then(|text| text.parse().ok())
@@ -157,6 +173,18 @@ fn main() {
             match redis_bench::urls() {
                 Some(urls) => rows.extend(redis_bench::event_rows(&urls, count).await),
                 None => eprintln!("redis rows skipped: QUEUE_TEST_REDIS_URL not set"),
+            }
+        });
+        print_table(count, rows);
+        return;
+    }
+    // `QUEUE_BENCH_ONLY=canvas`: only the canvas rows (Redis).
+    if std::env::var("QUEUE_BENCH_ONLY").as_deref() == Ok("canvas") {
+        #[cfg(feature = "redis")]
+        runtime.block_on(async {
+            match redis_bench::urls() {
+                Some(urls) => rows.extend(canvas::rows(&urls).await),
+                None => eprintln!("canvas rows skipped: QUEUE_TEST_REDIS_URL not set"),
             }
         });
         print_table(count, rows);
@@ -194,7 +222,10 @@ fn main() {
         });
         #[cfg(feature = "redis")]
         match redis_bench::urls() {
-            Some(urls) => rows.extend(redis_bench::rows(&urls, count).await),
+            Some(urls) => {
+                rows.extend(redis_bench::rows(&urls, count).await);
+                rows.extend(canvas::rows(&urls).await);
+            }
             None => eprintln!("redis rows skipped: QUEUE_TEST_REDIS_URL not set"),
         }
         #[cfg(feature = "amqp")]
