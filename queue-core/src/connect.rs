@@ -16,6 +16,7 @@ use url::Url;
 use crate::backend::ResultBackend;
 use crate::broker::Broker;
 use crate::error::Error;
+use crate::lease::Lease;
 use crate::memory::{MemoryBackend, MemoryBroker};
 
 /// A URL whose password never reaches a log line or `Debug` output.
@@ -90,6 +91,12 @@ pub trait Connector: Send + Sync + 'static {
 
     /// A result backend for `url`, or `None` if this connector has no backend for it.
     async fn backend(&self, _url: &RedactedUrl) -> Result<Option<Arc<dyn ResultBackend>>, Error> {
+        Ok(None)
+    }
+
+    /// A leader lease store for `url` (periodic schedulers), or `None` if this connector has
+    /// none for it.
+    async fn lease(&self, _url: &RedactedUrl) -> Result<Option<Arc<dyn Lease>>, Error> {
         Ok(None)
     }
 }
@@ -192,4 +199,23 @@ pub(crate) async fn connect_backend(
         }
     }
     Err(unsupported(url, "result backend"))
+}
+
+/// The lease store for `url` from the registered connectors (and `extra` ones first).
+/// `memory://` has none: a memory lease is shared within one process only, so it is made
+/// explicitly ([`crate::lease::MemoryLease`]).
+pub async fn connect_lease(
+    url: &RedactedUrl,
+    extra: &[Arc<dyn Connector>],
+) -> Result<Arc<dyn Lease>, Error> {
+    let mut connectors = extra.to_vec();
+    connectors.extend(registered_connectors());
+    for connector in &connectors {
+        if connector.schemes().contains(&url.scheme()) {
+            if let Some(lease) = connector.lease(url).await? {
+                return Ok(lease);
+            }
+        }
+    }
+    Err(unsupported(url, "lease store"))
 }

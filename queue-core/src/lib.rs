@@ -8,6 +8,7 @@
 //!   fanout side of a broker they travel on; [`control`]: remote control (pidbox);
 //! - [`backlog`]: what a broker holds per queue for a monitor (stats, delayed messages,
 //!   dead letters, known queues);
+//! - [`lease`]: the leader lease and fenced tick state of periodic schedulers;
 //! - [`MemoryBroker`] and [`MemoryBackend`];
 //! - `conformance` (feature `conformance`): the suites every broker and backend must pass.
 //!
@@ -27,6 +28,7 @@ pub mod connect;
 pub mod control;
 pub mod error;
 pub mod events;
+pub mod lease;
 pub mod memory;
 pub mod protocol;
 pub mod result;

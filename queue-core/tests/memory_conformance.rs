@@ -16,3 +16,5 @@ queue_core::backend_conformance_tests!(|expiry: Option<Duration>| async move {
         None => MemoryBackend::new(),
     })
 });
+
+queue_core::lease_conformance_tests!(async { Arc::new(queue_core::lease::MemoryLease::new()) });

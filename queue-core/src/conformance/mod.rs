@@ -46,6 +46,7 @@ pub mod backend;
 pub mod broadcast;
 pub mod broker;
 pub mod chord;
+pub mod lease;
 pub mod server;
 
 pub use server::{is_ci, server_url, skip_or_fail};
@@ -280,6 +281,61 @@ macro_rules! __backend_checks {
             chord_unindexed_part_sorts_last,
             chord_part_before_start_counts,
             chord_restarts_after_done,
+        }
+    };
+}
+
+/// Expands to one `#[tokio::test]` per check of [`conformance::lease`](lease), in a module
+/// `lease_conformance`. Same forms as
+/// [`broker_conformance_tests!`](crate::broker_conformance_tests); the factory yields an
+/// `Arc<L>` for a [`Lease`](crate::lease::Lease) type `L`, or an `Arc<dyn Lease>`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use queue_core::lease::MemoryLease;
+///
+/// queue_core::lease_conformance_tests!(async { Arc::new(MemoryLease::new()) });
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! lease_conformance_tests {
+    (server = $variable:expr, $factory:expr $(,)?) => {
+        $crate::__lease_checks! { (@server $variable, $factory) }
+    };
+    ($factory:expr $(,)?) => {
+        $crate::__lease_checks! { (@local $factory) }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __lease_checks {
+    ($make:tt) => {
+        mod lease_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::conformance::__private::tokio;
+
+            $crate::__lease_check! { $make; one_holder_at_a_time }
+            $crate::__lease_check! { $make; expired_lease_is_taken_over }
+            $crate::__lease_check! { $make; released_lease_is_free_at_once }
+            $crate::__lease_check! { $make; ticks_claimed_once_and_forwards }
+            $crate::__lease_check! { $make; concurrent_claims_one_wins }
+            $crate::__lease_check! { $make; ticks_survive_a_new_holder }
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __lease_check {
+    ($make:tt; $check:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let store: ::std::sync::Arc<dyn $crate::lease::Lease> =
+                $crate::__conformance_subject!($make);
+            let prefix = $crate::conformance::unique_prefix(stringify!($check));
+            $crate::conformance::lease::$check(store, &prefix).await;
         }
     };
 }
