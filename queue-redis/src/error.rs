@@ -1,5 +1,6 @@
-//! Errors of this crate and their mapping onto the core's broker and backend errors.
+//! Errors of this crate and their mapping onto the core's broker, backend and lease errors.
 
+use queue_core::lease::LeaseError;
 use queue_core::{BackendError, BrokerError};
 
 /// What can go wrong talking to Redis.
@@ -60,6 +61,16 @@ impl From<RedisError> for BackendError {
             RedisError::Unavailable(text) => BackendError::Unavailable(text),
             RedisError::Reply(text) => BackendError::Encoding(text),
             other => BackendError::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<RedisError> for LeaseError {
+    fn from(error: RedisError) -> Self {
+        match error {
+            RedisError::Unavailable(text) => LeaseError::Unavailable(text),
+            RedisError::Reply(text) => LeaseError::Encoding(text),
+            other => LeaseError::Other(other.to_string()),
         }
     }
 }

@@ -9,8 +9,9 @@
 //! ```
 //!
 //! Applications normally just name a `redis://` or `rediss://` URL: linking this crate (the
-//! `redis` feature of the `queue` facade) registers [`REDIS_CONNECTOR`] for both schemes,
-//! broker and backend. URL options are listed in [`RedisOptions`].
+//! `redis` feature of the `queue` facade) registers [`REDIS_CONNECTOR`] for both schemes:
+//! broker, backend and lease store ([`RedisLease`], for periodic schedulers). URL options
+//! are listed in [`RedisOptions`].
 //!
 //! # Keys (kombu's layout; `global_keyprefix` is prepended to all)
 //!
@@ -28,6 +29,7 @@
 //! | `celery-task-meta-<id>` | string | Celery's task meta JSON, `SET … PX` with the result expiry, `PUBLISH`ed on its own name |
 //! | `celery-taskset-meta-<gid>` | string | Celery's group record `{"result": [[gid, null], [[[tid, null], null], …]]}` |
 //! | `celery-taskset-meta-<gid>.s` / `.t` / `.j` / `.d` / `.c` | string / string / sorted set / set / string | Celery 5.7's chord join: header size, extra count, parts `[1, tid, state, result]` scored by group index, dedupe `<tid>:<index>`, dispatch claim (then `"done"` for 300 s) |
+//! | `queue.lease.<name>`, `queue.lease_token.<name>`, `queue.beat.<name>.ticks` | hash / string / hash | ours: a scheduler's leader lease (`holder`, `token`; `PEXPIRE` ttl), its last fencing token (never expires), the last tick (ms) of each periodic entry (see below) |
 //!
 //! # Priorities
 //!
@@ -144,6 +146,12 @@
 //! connection of its own, resubscribed or re-declared after a reconnect; dropping it
 //! unsubscribes, or removes its binding and lists. Layout and exactness in `broadcast.rs`.
 //!
+//! # Leases (periodic schedulers)
+//!
+//! [`RedisLease`] implements [`queue_core::lease::Lease`]: acquiring, renewing, releasing
+//! and reading a lease, and claiming a tick (checked against the holding and the entry's
+//! last tick, then recorded), are each one Lua script; expiry is the server's clock.
+//!
 //! # Results
 //!
 //! Celery's Redis backend: `SET celery-task-meta-<id> <meta> PX <expiry>` and `PUBLISH` on
@@ -167,6 +175,7 @@ mod consumer;
 mod delay;
 mod error;
 mod keys;
+mod lease;
 mod promote;
 mod restore;
 mod scripts;
@@ -177,6 +186,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use queue_core::connect::{Connector, RedactedUrl};
+use queue_core::lease::Lease;
 use queue_core::{Broker, ResultBackend};
 
 pub use backend::RedisBackend;
@@ -186,8 +196,9 @@ pub use config::{
 };
 pub use error::RedisError;
 pub use keys::SEP;
+pub use lease::RedisLease;
 
-/// Serves `redis://` and `rediss://` URLs, broker and backend.
+/// Serves `redis://` and `rediss://` URLs: broker, backend and lease store.
 #[derive(Debug, Default)]
 pub struct RedisConnector;
 
@@ -211,6 +222,11 @@ impl Connector for RedisConnector {
     ) -> Result<Option<Arc<dyn ResultBackend>>, queue_core::Error> {
         let backend = RedisBackend::connect(url.expose().as_str(), None).await?;
         Ok(Some(Arc::new(backend)))
+    }
+
+    async fn lease(&self, url: &RedactedUrl) -> Result<Option<Arc<dyn Lease>>, queue_core::Error> {
+        let lease = RedisLease::connect(url.expose().as_str()).await?;
+        Ok(Some(Arc::new(lease)))
     }
 }
 
