@@ -155,6 +155,11 @@ impl App {
         self.inner.broker_url.as_ref()
     }
 
+    /// The result backend's URL, when the app was built from one (secrets redacted).
+    pub fn backend_url(&self) -> Option<&RedactedUrl> {
+        self.inner.backend_url.as_ref()
+    }
+
     /// The registered tasks.
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
