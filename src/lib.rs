@@ -44,6 +44,10 @@ pub use queue_worker::{Hooks, Outcome, Worker, WorkerError, WorkerHandle, Worker
 #[cfg(feature = "worker")]
 pub use queue_worker as worker;
 
+/// Periodic tasks: a beat that runs on every node and fires each tick once (feature `beat`).
+#[cfg(feature = "beat")]
+pub use queue_beat as beat;
+
 // Broker and backend crates register their URL schemes at link time; naming their
 // connectors here makes sure a crate enabled by a feature is linked into every program.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

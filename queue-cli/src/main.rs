@@ -3,6 +3,7 @@
 //! backend the `queue` crate supports (Redis, RabbitMQ, PostgreSQL, SQLite), including ones
 //! shared with Python Celery.
 
+mod beat;
 mod call;
 mod control;
 mod events;
@@ -84,6 +85,9 @@ enum Command {
     /// Serves the dashboard, a Flower-compatible HTTP API and Prometheus metrics for the
     /// workers on the broker (Rust and Python); runs until Ctrl-C.
     Monitor(monitor::MonitorArgs),
+    /// Runs the periodic scheduler from a TOML schedule file (on every node: one sends each
+    /// tick); --dry-run prints the next fire times.
+    Beat(beat::BeatArgs),
     /// Prints the workers' events as they come, like `celery events --dump`; runs until
     /// Ctrl-C.
     Events {
@@ -148,6 +152,11 @@ async fn connect(cli: &Cli) -> Result<App, String> {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Beat(args) = &cli.command {
+        if args.is_dry_run() {
+            return Ok(beat::dry_run(args)?);
+        }
+    }
     let app = connect(&cli).await?;
     match cli.command {
         Command::Call(args) => call::call(&app, args).await?,
@@ -166,19 +175,27 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => control::revoke(&app, ids, terminate, signal, destination).await?,
         Command::Events { json, count } => events::run(&app, json, count).await?,
         Command::Monitor(args) => monitor::run(app, args).await?,
+        Command::Beat(args) => beat::run(app, args).await?,
     }
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A beat says who leads and what it sends: its lines are the point of running it.
+    let default_filter = match cli.command {
+        Command::Beat(_) => "warn,queue_beat=info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()).await {
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Message(message)) => {
             eprintln!("error: {message}");
