@@ -1,8 +1,10 @@
-//! [`SqlError`], how it maps onto the core errors, and which database errors are worth a retry.
+//! [`SqlError`], how it maps onto the core errors (backend, lease, configuration), and
+//! which database errors are worth a retry.
 
 use std::future::Future;
 
 use queue_core::BackendError;
+use queue_core::lease::LeaseError;
 use tracing::warn;
 
 use crate::options::SqlOptions;
@@ -90,6 +92,17 @@ impl From<SqlError> for BackendError {
             }
             _ if unavailable => BackendError::Unavailable(error.to_string()),
             _ => BackendError::Other(error.to_string()),
+        }
+    }
+}
+
+impl From<SqlError> for LeaseError {
+    fn from(error: SqlError) -> Self {
+        let unavailable = error.is_unavailable();
+        match error {
+            SqlError::Corrupt { .. } => LeaseError::Encoding(error.to_string()),
+            _ if unavailable => LeaseError::Unavailable(error.to_string()),
+            _ => LeaseError::Other(error.to_string()),
         }
     }
 }

@@ -50,6 +50,15 @@
 //! died is retaken after 30 s by the next copy of a part; dispatched chords keep a small
 //! `done` row (so late copies do nothing) until their expiry.
 //!
+//! # Leases: periodic schedulers
+//!
+//! [`PostgresLease`] and [`SqliteLease`] (also from a backend: `backend.lease()`, on its
+//! pool) implement [`queue_core::lease::Lease`] in two more tables of ours: `queue_leases`
+//! (one row per lease: holder, last fencing token, expiry by the database's clock; kept
+//! when released or expired, so tokens only grow) and `queue_beat_ticks` (the last tick, in
+//! Unix milliseconds, of each entry of a schedule). Each change is one transaction that
+//! locks the lease's row, so a tick is claimed only while the grant holds the lease.
+//!
 //! Migrations are `sqlx` migrations ([`POSTGRES_MIGRATOR`], [`SQLITE_MIGRATOR`]), run on
 //! connect unless `migrate=false`; they are idempotent (`IF NOT EXISTS`), and on PostgreSQL
 //! they also upgrade tables Celery created first (adding the missing columns). They share
@@ -85,6 +94,8 @@ mod chord;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod codec;
 mod error;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod lease;
 mod options;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -99,17 +110,22 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use queue_core::connect::{Connector, RedactedUrl};
+use queue_core::lease::Lease;
 use queue_core::{Broker, ResultBackend};
 
 pub use error::SqlError;
+#[cfg(feature = "postgres")]
+pub use lease::postgres::PostgresLease;
+#[cfg(feature = "sqlite")]
+pub use lease::sqlite::SqliteLease;
 pub use options::{DEFAULT_EXPIRY, SqlOptions};
 #[cfg(feature = "postgres")]
 pub use postgres::{NOTIFY_CHANNEL, POSTGRES_MIGRATOR, PostgresBackend};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SQLITE_MIGRATOR, SqliteBackend};
 
-/// Connects `postgres://`, `postgresql://` and `sqlite://` URLs to result backends; added to
-/// [`queue_core::connect::CONNECTORS`] by [`SQL_CONNECTOR`].
+/// Connects `postgres://`, `postgresql://` and `sqlite://` URLs to result backends and lease
+/// stores; added to [`queue_core::connect::CONNECTORS`] by [`SQL_CONNECTOR`].
 ///
 /// A scheme whose feature is off is an error naming the feature. These schemes are never
 /// brokers.
@@ -149,6 +165,44 @@ impl Connector for SqlConnector {
             _ => Ok(None),
         }
     }
+
+    async fn lease(&self, url: &RedactedUrl) -> Result<Option<Arc<dyn Lease>>, queue_core::Error> {
+        match url.scheme() {
+            "postgres" | "postgresql" => lease_postgres(url).await,
+            "sqlite" => lease_sqlite(url).await,
+            _ => Ok(None),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+async fn lease_postgres(url: &RedactedUrl) -> Result<Option<Arc<dyn Lease>>, queue_core::Error> {
+    let backend = PostgresBackend::connect_url(url, SqlOptions::default()).await?;
+    Ok(Some(Arc::new(backend.lease())))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn lease_postgres(url: &RedactedUrl) -> Result<Option<Arc<dyn Lease>>, queue_core::Error> {
+    Err(SqlError::FeatureDisabled {
+        scheme: url.scheme().to_owned(),
+        feature: "postgres",
+    }
+    .into())
+}
+
+#[cfg(feature = "sqlite")]
+async fn lease_sqlite(url: &RedactedUrl) -> Result<Option<Arc<dyn Lease>>, queue_core::Error> {
+    let backend = SqliteBackend::connect_url(url, SqlOptions::default()).await?;
+    Ok(Some(Arc::new(backend.lease())))
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn lease_sqlite(url: &RedactedUrl) -> Result<Option<Arc<dyn Lease>>, queue_core::Error> {
+    Err(SqlError::FeatureDisabled {
+        scheme: url.scheme().to_owned(),
+        feature: "sqlite",
+    }
+    .into())
 }
 
 #[cfg(feature = "postgres")]

@@ -1,4 +1,5 @@
-//! The shared result backend conformance suite, unchanged, on PostgreSQL and on SQLite.
+//! The shared result backend and lease conformance suites, unchanged, on PostgreSQL and on
+//! SQLite.
 
 #![cfg(any(feature = "postgres", feature = "sqlite"))]
 
@@ -12,7 +13,7 @@ mod postgres {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use queue_results::{PostgresBackend, SqlOptions};
+    use queue_results::{PostgresBackend, PostgresLease, SqlOptions};
 
     use super::common;
 
@@ -29,6 +30,16 @@ mod postgres {
             .unwrap_or_else(|error| panic!("connect to PostgreSQL: {error}"));
         Arc::new(backend)
     });
+
+    queue_core::lease_conformance_tests!(
+        server = common::POSTGRES_VARIABLE,
+        |url: String| async move {
+            let lease = PostgresLease::connect(&url)
+                .await
+                .unwrap_or_else(|error| panic!("connect to PostgreSQL: {error}"));
+            Arc::new(lease)
+        }
+    );
 }
 
 /// On a SQLite file of its own per test.
@@ -37,7 +48,7 @@ mod sqlite {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use queue_results::{SqlOptions, SqliteBackend};
+    use queue_results::{SqlOptions, SqliteBackend, SqliteLease};
 
     use super::common;
 
@@ -50,5 +61,12 @@ mod sqlite {
             .await
             .unwrap_or_else(|error| panic!("open SQLite: {error}"));
         Arc::new(backend)
+    });
+
+    queue_core::lease_conformance_tests!(async {
+        let lease = SqliteLease::connect(&common::sqlite_url("lease"))
+            .await
+            .unwrap_or_else(|error| panic!("open SQLite: {error}"));
+        Arc::new(lease)
     });
 }

@@ -1,6 +1,6 @@
 //! URLs through the app builder: the link-time connector serves `sqlite://` and
-//! `postgres://` result backends, refuses them as brokers, names a missing feature, and keeps
-//! passwords out of errors and `Debug`.
+//! `postgres://` result backends (and lease stores), refuses them as brokers, names a
+//! missing feature, and keeps passwords out of errors and `Debug`.
 
 #![cfg(any(feature = "postgres", feature = "sqlite"))]
 
@@ -81,6 +81,44 @@ async fn postgres_urls_make_result_backends() {
         );
         backend.forget(&id).await.unwrap();
     }
+}
+
+/// Acquires and releases a lease of a store resolved from `url` by the connector.
+async fn lease_from_url(url: &str) {
+    let _ = &queue_results::SQL_CONNECTOR;
+    let parsed = url.parse().expect("a URL");
+    let lease = queue_core::connect::connect_lease(&parsed, &[])
+        .await
+        .unwrap_or_else(|error| panic!("{url}: {error}"));
+    let name = common::unique("lease");
+    let grant = lease
+        .acquire(&name, "a", Duration::from_secs(5))
+        .await
+        .expect("acquire")
+        .expect("a new lease is free");
+    assert_eq!(grant.token, 1, "{url}");
+    lease.release(&grant).await.expect("release");
+    assert!(
+        lease.holder(&name).await.expect("holder").is_none(),
+        "{url}"
+    );
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_urls_make_lease_stores() {
+    lease_from_url(&common::sqlite_url("lease-url")).await;
+    lease_from_url("sqlite::memory:").await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_urls_make_lease_stores() {
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    lease_from_url(&url).await;
+    lease_from_url(&url.replacen("postgres://", "postgresql://", 1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
