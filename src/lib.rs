@@ -31,7 +31,8 @@ pub use queue_core::{
     TaskOptions, TaskState, TypedSignature,
 };
 pub use queue_core::{
-    app, backend, broadcast, broker, canvas, chord, connect, control, events, protocol, routing,
+    app, backend, broadcast, broker, canvas, chord, connect, control, events, lease, protocol,
+    routing,
 };
 
 #[cfg(feature = "macros")]
