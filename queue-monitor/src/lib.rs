@@ -1,10 +1,11 @@
 //! `queue-monitor`: watches the workers on a Celery broker (Rust and Python alike) and
 //! serves what it sees.
 //!
-//! It consumes Celery's events, polls the workers with inspect as Flower does, reads the
-//! queues' backlog from the broker, keeps a bounded history in SQLite (or PostgreSQL) that
-//! survives restarts, and serves a Flower-compatible JSON API, the dashboard's own JSON and
-//! live updates (SSE), and Prometheus metrics with Flower's names.
+//! It consumes Celery's events (and the `beat-heartbeat` events of `queue beat`), polls the
+//! workers with inspect as Flower does, reads the queues' backlog from the broker, keeps a
+//! bounded history in SQLite (or PostgreSQL) that survives restarts, and serves a
+//! Flower-compatible JSON API, the dashboard's own JSON and live updates (SSE), and
+//! Prometheus metrics with Flower's names.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {

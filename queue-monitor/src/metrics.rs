@@ -1,7 +1,9 @@
 //! Prometheus metrics with Flower's names and meaning (`flower/events.py`), so dashboards
-//! and alerts written for Flower keep working, plus the queues' backlog gauges.
+//! and alerts written for Flower keep working, plus the queues' backlog gauges and the beat
+//! schedulers' leaders and next runs.
 //! Exposed at `/metrics` in the OpenMetrics text format (which Prometheus scrapes).
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -11,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::ingest::beat::BeatGauges;
 use crate::ingest::task::Task;
 
 /// Flower's default `task_runtime_metric_buckets` (Prometheus' defaults).
@@ -47,6 +50,26 @@ struct PriorityLabels {
     priority: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BeatHolderLabels {
+    schedule: String,
+    holder: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BeatEntryLabels {
+    schedule: String,
+    entry: String,
+}
+
+/// The beat series set last, so that those of forgotten instances and entries go.
+#[derive(Debug, Default)]
+struct BeatSeries {
+    leaders: HashSet<BeatHolderLabels>,
+    next_runs: HashSet<BeatEntryLabels>,
+    last_runs: HashSet<BeatEntryLabels>,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn runtime_histogram() -> Histogram {
@@ -72,6 +95,10 @@ pub struct Metrics {
     events_received: Counter,
     events_dropped: Counter,
     store_dropped: Counter,
+    beat_leader: Family<BeatHolderLabels, Gauge>,
+    beat_next_run: Family<BeatEntryLabels, FloatGauge>,
+    beat_last_run: Family<BeatEntryLabels, FloatGauge>,
+    beat_series: std::sync::Mutex<BeatSeries>,
     priorities_seen:
         std::sync::Mutex<std::collections::HashMap<String, std::collections::BTreeSet<u8>>>,
 }
@@ -125,6 +152,10 @@ impl Metrics {
             events_received: Counter::default(),
             events_dropped: Counter::default(),
             store_dropped: Counter::default(),
+            beat_leader: Family::default(),
+            beat_next_run: Family::default(),
+            beat_last_run: Family::default(),
+            beat_series: Default::default(),
             priorities_seen: Default::default(),
             registry: Registry::default(),
         };
@@ -199,6 +230,21 @@ impl Metrics {
             "queue_monitor_store_dropped",
             "History writes dropped because the database fell behind",
             metrics.store_dropped.clone(),
+        );
+        registry.register(
+            "queue_monitor_beat_leader",
+            "1 for the beat instance leading a schedule, 0 for its other instances",
+            metrics.beat_leader.clone(),
+        );
+        registry.register(
+            "queue_monitor_beat_entry_next_run_timestamp_seconds",
+            "When a beat schedule's entry runs next (seconds since the epoch)",
+            metrics.beat_next_run.clone(),
+        );
+        registry.register(
+            "queue_monitor_beat_entry_last_run_timestamp_seconds",
+            "When a beat schedule's entry last ran (seconds since the epoch)",
+            metrics.beat_last_run.clone(),
         );
         Self {
             registry,
@@ -338,6 +384,57 @@ impl Metrics {
             .set(i64::from(gauges.flagged));
     }
 
+    /// Sets the beat gauges to `gauges`; the series of instances and entries no longer
+    /// known go.
+    pub fn beat(&self, gauges: &BeatGauges) {
+        let mut guard = self
+            .beat_series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let series = &mut *guard;
+        let mut leaders = HashSet::new();
+        for (schedule, holder, leads) in &gauges.leaders {
+            let labels = BeatHolderLabels {
+                schedule: schedule.clone(),
+                holder: holder.clone(),
+            };
+            self.beat_leader
+                .get_or_create(&labels)
+                .set(i64::from(*leads));
+            leaders.insert(labels);
+        }
+        for gone in series.leaders.difference(&leaders) {
+            self.beat_leader.remove(gone);
+        }
+        series.leaders = leaders;
+        for (family, runs, known) in [
+            (
+                &self.beat_next_run,
+                &gauges.next_runs,
+                &mut series.next_runs,
+            ),
+            (
+                &self.beat_last_run,
+                &gauges.last_runs,
+                &mut series.last_runs,
+            ),
+        ] {
+            let mut now_known = HashSet::new();
+            for (schedule, entry, at) in runs {
+                let labels = BeatEntryLabels {
+                    schedule: schedule.clone(),
+                    entry: entry.clone(),
+                };
+                family.get_or_create(&labels).set(*at);
+                now_known.insert(labels);
+            }
+            for gone in known.difference(&now_known) {
+                family.remove(gone);
+            }
+            *known = now_known;
+        }
+    }
+
     /// Counts received events.
     pub fn events_received(&self, count: u64) {
         self.events_received.inc_by(count);
@@ -403,6 +500,39 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected} not in\n{text}");
         }
+    }
+
+    #[test]
+    fn beat_gauges_follow_the_leader_and_drop_what_is_gone() {
+        let metrics = Metrics::new();
+        metrics.beat(&BeatGauges {
+            leaders: vec![
+                ("nightly".into(), "beat-1@a".into(), true),
+                ("nightly".into(), "beat-2@b".into(), false),
+            ],
+            next_runs: vec![("nightly".into(), "cleanup".into(), 1_767_319_200.0)],
+            last_runs: vec![("nightly".into(), "cleanup".into(), 1_767_232_800.0)],
+        });
+        let text = metrics.render();
+        for expected in [
+            "queue_monitor_beat_leader{schedule=\"nightly\",holder=\"beat-1@a\"} 1",
+            "queue_monitor_beat_leader{schedule=\"nightly\",holder=\"beat-2@b\"} 0",
+            "queue_monitor_beat_entry_next_run_timestamp_seconds{schedule=\"nightly\",entry=\"cleanup\"} 1767319200.0",
+            "queue_monitor_beat_entry_last_run_timestamp_seconds{schedule=\"nightly\",entry=\"cleanup\"} 1767232800.0",
+        ] {
+            assert!(text.contains(expected), "{expected} not in\n{text}");
+        }
+        metrics.beat(&BeatGauges {
+            leaders: vec![("nightly".into(), "beat-2@b".into(), true)],
+            ..BeatGauges::default()
+        });
+        let text = metrics.render();
+        assert!(
+            text.contains("queue_monitor_beat_leader{schedule=\"nightly\",holder=\"beat-2@b\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("beat-1@a"), "{text}");
+        assert!(!text.contains("entry=\"cleanup\""), "{text}");
     }
 
     #[test]

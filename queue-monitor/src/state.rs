@@ -8,6 +8,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::auth::Auth;
+use crate::ingest::beat::BeatBoard;
 use crate::ingest::cluster::Cluster;
 use crate::ingest::queues::QueueBoard;
 use crate::metrics::Metrics;
@@ -42,6 +43,7 @@ struct Inner {
     extra_queues: Vec<String>,
     cluster: Mutex<Cluster>,
     queues: Mutex<QueueBoard>,
+    beat: Mutex<BeatBoard>,
     store: Store,
     metrics: Metrics,
     live: broadcast::Sender<LiveMessage>,
@@ -100,6 +102,7 @@ impl MonitorState {
                 extra_queues,
                 cluster: Mutex::new(cluster),
                 queues: Mutex::new(queues),
+                beat: Mutex::new(BeatBoard::new()),
                 store,
                 metrics: Metrics::new(),
                 live,
@@ -189,6 +192,25 @@ impl MonitorState {
             .queues
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The beat instances (hold the lock briefly).
+    pub(crate) fn beat(&self) -> MutexGuard<'_, BeatBoard> {
+        self.inner
+            .beat
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The `/api/beat` answer: every schedule, its leader, instances and entries.
+    pub fn beat_json(&self) -> Value {
+        self.beat().json(now())
+    }
+
+    /// Brings the beat gauges up to what the heartbeats say now.
+    pub(crate) fn sync_beat_metrics(&self) {
+        let gauges = self.beat().gauges(now());
+        self.inner.metrics.beat(&gauges);
     }
 
     pub(crate) fn count_events(&self, received: u64, dropped_total: u64) {

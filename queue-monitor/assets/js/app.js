@@ -10,6 +10,7 @@ const pages = {
   worker: () => import("./worker.js"),
   tasks: () => import("./tasks.js"),
   task: () => import("./task.js"),
+  beat: () => import("./beat.js"),
 };
 
 // Which nav entry a page belongs to.

@@ -140,8 +140,8 @@ export async function act(question, action, success) {
 const listeners = new Map();
 let source = null;
 
-// Calls `handler(data)` for each live event `type` (`tasks`, `workers`, `queues`, `stats`,
-// `lagged`, `hello`).
+// Calls `handler(data)` for each live event `type` (`tasks`, `workers`, `queues`, `beat`,
+// `stats`, `lagged`, `hello`).
 export function onLive(type, handler) {
   if (!listeners.has(type)) listeners.set(type, new Set());
   listeners.get(type).add(handler);
@@ -162,7 +162,7 @@ export function connectLive(indicator) {
   addEventListener("pageshow", (event) => event.persisted && location.reload());
   source.onopen = () => show("open", "live");
   source.onerror = () => show(source.readyState === EventSource.CLOSED ? "closed" : "connecting", "reconnecting…");
-  for (const type of ["hello", "tasks", "workers", "queues", "stats", "lagged"]) {
+  for (const type of ["hello", "tasks", "workers", "queues", "beat", "stats", "lagged"]) {
     source.addEventListener(type, (event) => {
       let data;
       try {

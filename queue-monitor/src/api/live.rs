@@ -1,6 +1,6 @@
 //! Live updates: `/api/live` streams Server-Sent Events; a ticker coalesces what changed
-//! (tasks, workers) and the rates into one message of each kind per `live_interval`, so a
-//! burst of events costs the browsers one message, not thousands.
+//! (tasks, workers, beat instances) and the rates into one message of each kind per
+//! `live_interval`, so a burst of events costs the browsers one message, not thousands.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -75,6 +75,10 @@ pub(crate) async fn ticker(state: MonitorState, stop: watch::Receiver<bool>) {
             let totals = cluster.overview().totals();
             (tasks, missed, workers, online, totals)
         };
+        let beat = {
+            let mut board = state.beat();
+            board.take_changed(tick_start, now).then(|| board.json(now))
+        };
         let finished = totals.succeeded + totals.failed;
         let tasks_per_second = (finished - last_totals.0.min(finished)) as f64 / elapsed;
         let failures_per_second =
@@ -96,6 +100,9 @@ pub(crate) async fn ticker(state: MonitorState, stop: watch::Receiver<bool>) {
                     .map(|worker| worker.summary_json(now))
                     .collect();
                 state.publish_live("workers", &json!({ "workers": summaries }));
+            }
+            if let Some(beat) = beat {
+                state.publish_live("beat", &beat);
             }
             state.publish_live(
                 "stats",

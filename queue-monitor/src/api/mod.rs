@@ -1,8 +1,9 @@
 //! The HTTP side: Flower-compatible endpoints ([`flower`] to read, [`control`] to act),
-//! the dashboard's own JSON ([`dashboard`], [`backlog`]), live updates ([`live`]), `/metrics`
+//! the dashboard's own JSON ([`dashboard`], [`backlog`], [`beat`]), live updates ([`live`]), `/metrics`
 //! and `/api/csrf`. What each answers is in `API.md`.
 
 pub mod backlog;
+pub mod beat;
 pub mod control;
 pub mod dashboard;
 pub mod flower;
@@ -26,6 +27,7 @@ pub(crate) fn router() -> Router<MonitorState> {
         .merge(control::router())
         .merge(dashboard::router())
         .merge(backlog::router())
+        .merge(beat::router())
         .merge(live::router())
         .route("/metrics", get(metrics))
         .route("/api/csrf", get(csrf))
@@ -119,6 +121,7 @@ async fn metrics(State(state): State<MonitorState>) -> Response {
     state
         .metrics()
         .sync_dropped(state.events_dropped(), state.store().dropped());
+    state.sync_beat_metrics();
     (
         [(
             header::CONTENT_TYPE,

@@ -10,6 +10,7 @@ use queue_core::events::{EVENT_EXCHANGE, Event};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
+use crate::ingest::beat::HEARTBEAT_EVENT;
 use crate::ingest::task::{MAX_TEXT, truncate};
 use crate::state::{MonitorState, now};
 use crate::store::{TimelineEntry, Write};
@@ -98,6 +99,11 @@ pub(crate) async fn run(
 pub(crate) async fn ingest(state: &MonitorState, event: Event, here: f64) {
     let received_at = now();
     let timestamp = adjust(event.timestamp, event.utcoffset, here);
+    if event.kind == HEARTBEAT_EVENT {
+        // A beat instance, not a worker: kept in memory only (the next heartbeat says it all).
+        state.beat().apply(&event, timestamp, received_at);
+        return;
+    }
     if let Some(uuid) = event.uuid().filter(|_| is_late_event(&event.kind)) {
         let missing = state.cluster().task(uuid).is_none();
         if missing {

@@ -1,5 +1,7 @@
-//! Ingestion: Celery events, inspect polling and queue lengths folded into the state.
+//! Ingestion: Celery events (and the beat instances' heartbeats), inspect polling and queue
+//! lengths folded into the state.
 
+pub mod beat;
 pub mod cluster;
 pub(crate) mod events;
 pub mod overview;

@@ -44,6 +44,7 @@ static ASSETS: &[Asset] = &[
     asset!("js/worker.js", JAVASCRIPT),
     asset!("js/tasks.js", JAVASCRIPT),
     asset!("js/task.js", JAVASCRIPT),
+    asset!("js/beat.js", JAVASCRIPT),
     asset!("vendor/uplot/uPlot.iife.min.js", JAVASCRIPT),
     asset!("vendor/uplot/uPlot.min.css", "text/css; charset=utf-8"),
     asset!("vendor/uplot/LICENSE", "text/plain; charset=utf-8"),

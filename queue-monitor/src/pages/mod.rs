@@ -1,5 +1,5 @@
 //! The dashboard's pages: one HTML shell per page (overview, queues, a queue's dead letters
-//! and delayed tasks, workers, a worker, tasks, a task) whose scripts fetch the JSON API and
+//! and delayed tasks, workers, a worker, tasks, a task, beat) whose scripts fetch the JSON API and
 //! follow `/api/live`. Scripts, styles and the chart library are embedded in the binary
 //! ([`assets`]): the monitor needs no file and no network beside itself.
 //!
@@ -43,6 +43,7 @@ pub(crate) fn router(prefix: &str) -> Router<MonitorState> {
         .route("/workers/{worker}", page("worker", "Worker"))
         .route("/tasks", page("tasks", "Tasks"))
         .route("/tasks/{task_id}", page("task", "Task"))
+        .route("/beat", page("beat", "Beat"))
         .merge(assets::router())
 }
 

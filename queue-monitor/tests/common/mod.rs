@@ -3,6 +3,7 @@
 //! and the Rust worker's tasks.
 #![allow(dead_code)]
 
+pub mod beat;
 pub mod scenarios;
 
 use std::future::Future;
@@ -242,6 +243,7 @@ pub async fn all_answers(http: &Http, task_id: &str, worker: &str, queue: &str) 
         "/api/dashboard/workers".to_owned(),
         format!("/api/dashboard/workers/{worker}"),
         "/api/dashboard/tasks".to_owned(),
+        "/api/beat".to_owned(),
         format!("/api/dashboard/tasks/{task_id}"),
         "/metrics".to_owned(),
     ] {
