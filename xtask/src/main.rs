@@ -83,6 +83,8 @@ enum Which {
     Redis,
     Rabbitmq,
     Postgres,
+    /// Three clustered RabbitMQ nodes on 5681..5683 (not part of `all`).
+    RabbitmqCluster,
     All,
 }
 
@@ -92,6 +94,7 @@ impl Which {
             Which::Redis => &[Service::Redis],
             Which::Rabbitmq => &[Service::Rabbitmq],
             Which::Postgres => &[Service::Postgres],
+            Which::RabbitmqCluster => &[Service::RabbitmqCluster],
             Which::All => services::ALL,
         }
     }

@@ -12,6 +12,7 @@ pub mod nginx;
 mod postgres;
 mod private;
 mod rabbitmq;
+mod rabbitmq_cluster;
 mod redis;
 
 pub use private::{PrivatePostgres, PrivateRabbit, PrivateRedis};
@@ -35,10 +36,15 @@ pub enum Service {
     Rabbitmq,
     /// PostgreSQL on 5432, our own cluster, database `queue_test`.
     Postgres,
+    /// Three clustered RabbitMQ nodes rmq1..3@localhost on 5681..5683 (not in `ALL`).
+    RabbitmqCluster,
 }
 
 /// Every service, in the order `all` brings them up.
 pub const ALL: &[Service] = &[Service::Redis, Service::Rabbitmq, Service::Postgres];
+
+/// Services only brought up on request, but shown by `status`.
+const OPTIONAL: &[Service] = &[Service::RabbitmqCluster];
 
 /// Whether `up` found the server already answering or had to start it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +59,7 @@ impl Service {
             Service::Redis => "redis",
             Service::Rabbitmq => "rabbitmq",
             Service::Postgres => "postgres",
+            Service::RabbitmqCluster => "rabbitmq-cluster",
         }
     }
 
@@ -62,6 +69,7 @@ impl Service {
             Service::Redis => redis::env_vars(),
             Service::Rabbitmq => rabbitmq::env_vars(),
             Service::Postgres => postgres::env_vars(),
+            Service::RabbitmqCluster => rabbitmq_cluster::env_vars(),
         }
     }
 
@@ -72,6 +80,7 @@ impl Service {
             Service::Redis => redis::up(&self.dir()),
             Service::Rabbitmq => rabbitmq::up(&self.dir()),
             Service::Postgres => postgres::up(&self.dir()),
+            Service::RabbitmqCluster => rabbitmq_cluster::up(&self.dir()),
         }?;
         println!(
             "{}: {} in {:.1}s",
@@ -91,6 +100,7 @@ impl Service {
             Service::Redis => redis::down(&self.dir()),
             Service::Rabbitmq => rabbitmq::down(&self.dir()),
             Service::Postgres => postgres::down(&self.dir()),
+            Service::RabbitmqCluster => rabbitmq_cluster::down(&self.dir()),
         }
     }
 
@@ -99,6 +109,7 @@ impl Service {
             Service::Redis => redis::status(&self.dir()),
             Service::Rabbitmq => vec![rabbitmq::status(&self.dir())],
             Service::Postgres => vec![postgres::status(&self.dir())],
+            Service::RabbitmqCluster => rabbitmq_cluster::status(&self.dir()),
         }
     }
 
@@ -139,7 +150,7 @@ pub fn down_cmd(services: &[Service]) -> Result<()> {
 
 /// `services status`: what answers where, and whether xtask started it.
 pub fn status_cmd() -> Result<()> {
-    for s in ALL.iter().flat_map(|s| s.status()) {
+    for s in ALL.iter().chain(OPTIONAL).flat_map(|s| s.status()) {
         let state = match (s.answers, s.ours) {
             (true, Some(pid)) => format!("up (started by xtask, pid {pid})"),
             (true, None) => "up (not started by xtask)".to_string(),

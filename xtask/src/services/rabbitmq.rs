@@ -11,7 +11,7 @@ use crate::util::{self, Result, err};
 const PORT: u16 = 5672;
 const NODE: &str = "rabbit@localhost";
 /// The Debian wrapper scripts switch to this user when run as root.
-const USER: &str = "rabbitmq";
+pub(super) const USER: &str = "rabbitmq";
 /// Start took about 4 s on our machines; allow for a slow first boot.
 const STARTUP: Duration = Duration::from_secs(90);
 
@@ -25,17 +25,28 @@ pub fn env_vars() -> Vec<(&'static str, String)> {
 
 /// The AMQP 0-9-1 protocol header answered by a method frame (type 1, connection.start).
 fn answers() -> bool {
-    probe(PORT, b"AMQP\x00\x00\x09\x01").is_some_and(|a| a.first() == Some(&1))
+    answers_on(PORT)
+}
+
+/// Whether an AMQP 0-9-1 server answers on loopback port `port`.
+pub(super) fn answers_on(port: u16) -> bool {
+    probe(port, b"AMQP\x00\x00\x09\x01").is_some_and(|a| a.first() == Some(&1))
 }
 
 /// A RabbitMQ script with the environment that pins the node to loopback. The wrapper's
 /// `su` keeps these variables, so they reach the server and rabbitmqctl alike.
 fn script(name: &str, dir: &Path) -> Command {
+    loopback_script(name, dir, NODE, PORT)
+}
+
+/// `name` (`rabbitmq-server`, `rabbitmqctl`) for node `node` on AMQP port `port`, bound to
+/// loopback, with its logs, data and pid file under `dir`. The cluster's nodes use it too.
+pub(super) fn loopback_script(name: &str, dir: &Path, node: &str, port: u16) -> Command {
     let mut cmd = Command::new(util::which(name).unwrap_or_else(|| name.into()));
     cmd.current_dir(dir)
-        .env("RABBITMQ_NODENAME", NODE)
+        .env("RABBITMQ_NODENAME", node)
         .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
-        .env("RABBITMQ_NODE_PORT", PORT.to_string())
+        .env("RABBITMQ_NODE_PORT", port.to_string())
         .env("ERL_EPMD_ADDRESS", "127.0.0.1")
         .env(
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
@@ -116,7 +127,7 @@ pub fn down(dir: &Path) -> Result<()> {
 }
 
 /// The node started epmd; stop it too once no Erlang node is registered any more.
-fn stop_idle_epmd() {
+pub(super) fn stop_idle_epmd() {
     let Some(epmd) = util::which("epmd") else {
         return;
     };
