@@ -24,6 +24,9 @@ use crate::report::Reporter;
 use crate::status::{BeatStatus, SentTick};
 use crate::tick::tick_id;
 
+/// The pause before trying a due tick again after the store failed to record it.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
 /// A held lease and until when we may act on it: the holding's ttl counted from before the
 /// request that granted it, less a margin, so we stop before the store lets it go.
 struct Holding {
@@ -50,6 +53,9 @@ pub(crate) struct Runner {
     status: watch::Sender<BeatStatus>,
     sent: broadcast::Sender<SentTick>,
     reporter: Option<Reporter>,
+    /// After a store error on a due tick: no new attempt before this (not a hot loop on a
+    /// store that is down).
+    retry_after: Option<Instant>,
 }
 
 impl Runner {
@@ -84,6 +90,7 @@ impl Runner {
             status,
             sent,
             reporter,
+            retry_after: None,
             app,
         }
     }
@@ -105,11 +112,23 @@ impl Runner {
                 self.publish_status();
                 self.report().await;
             }
+            // Past the local deadline without a renewal: not leading any more, before the
+            // store can give the lease to another instance.
+            if self.holding.is_some() {
+                self.drop_expired();
+                self.publish_status();
+            }
             if self.holding.is_some() {
                 self.send_due(&shutdown).await;
                 self.publish_status();
             }
-            let wake = self.next_wake().map_or(renew_at, |tick| tick.min(renew_at));
+            let mut wake = self.next_wake().map_or(renew_at, |tick| tick.min(renew_at));
+            if let Some(retry_after) = self.retry_after.take() {
+                wake = wake.max(retry_after.min(renew_at));
+            }
+            if let Some(holding) = &self.holding {
+                wake = wake.min(holding.valid_until);
+            }
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
                 () = shutdown.cancelled() => break,
@@ -294,6 +313,7 @@ impl Runner {
             }
             Err(error) => {
                 tracing::warn!(schedule = %self.name, entry = entry.name(), %error, "beat: cannot record the tick; retrying");
+                self.retry_after = Some(Instant::now() + RETRY_PAUSE);
                 return false;
             }
         }
