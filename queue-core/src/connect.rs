@@ -155,7 +155,7 @@ pub(crate) fn registered_connectors() -> Vec<Arc<dyn Connector>> {
 /// The `queue` crate feature that provides a scheme.
 pub fn feature_for_scheme(scheme: &str) -> Option<&'static str> {
     match scheme {
-        "redis" | "rediss" => Some("redis"),
+        "redis" | "rediss" | "sentinel" => Some("redis"),
         "amqp" | "amqps" => Some("amqp"),
         "postgres" | "postgresql" => Some("postgres"),
         "sqlite" => Some("sqlite"),

@@ -14,6 +14,10 @@
 //! | `command_timeout` | 30 | seconds before a command fails while the server is unreachable |
 //! | `ssl_ca_certs` | system roots | PEM file of the CA that signed the server's certificate (`rediss`) |
 //! | `ssl_certfile`, `ssl_keyfile` | none | PEM client certificate and key, for mutual TLS (`rediss`) |
+//! | `master_name` | none | `sentinel://` only, required: the master's name in Sentinel (kombu's transport option `master_name`) |
+//!
+//! `sentinel://` URLs (a master found through Redis Sentinel, followed after a failover)
+//! are described in `sentinel.rs`: `sentinel://[:password@]h1:26379;sentinel://h2:26379/0?master_name=mymaster`.
 //!
 //! Seconds are decimal numbers from 0 to 1e10; anything else (NaN, negative, too large, not
 //! a number) is a [`RedisError::Config`] naming the option.
@@ -27,6 +31,7 @@ use fred::types::config::TlsConfig;
 use url::Url;
 
 use crate::error::RedisError;
+use crate::sentinel;
 
 /// kombu's default priority steps.
 pub const DEFAULT_PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
@@ -52,6 +57,10 @@ pub struct RedisOptions {
     /// How long a command may wait for an unreachable server before it fails.
     pub command_timeout: Duration,
     tls: Option<TlsFiles>,
+    /// `sentinel://`: the sentinels to ask for the master (empty otherwise).
+    sentinels: Vec<(String, u16)>,
+    /// `sentinel://`: the master's name in Sentinel.
+    pub(crate) master_name: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -62,8 +71,20 @@ struct TlsFiles {
 }
 
 impl RedisOptions {
-    /// Parses a `redis://` or `rediss://` URL with its options.
+    /// Parses a `redis://`, `rediss://` or `sentinel://` URL (list) with its options.
     pub fn from_url(text: &str) -> Result<Self, RedisError> {
+        if sentinel::is_sentinel(text) {
+            let parsed = sentinel::parse(text)?;
+            let mut options = Self::from_parsed(parsed.merged)?;
+            options.sentinels = parsed.hosts;
+            if options.master_name.is_none() {
+                return Err(RedisError::Config(
+                    "a sentinel:// URL needs the option master_name (e.g. ?master_name=mymaster)"
+                        .into(),
+                ));
+            }
+            return Ok(options);
+        }
         let url = Url::parse(text).map_err(|error| {
             // The text may hold a password: name only the scheme.
             let scheme = text.split("://").next().unwrap_or("?");
@@ -74,11 +95,11 @@ impl RedisOptions {
 
     fn from_parsed(url: Url) -> Result<Self, RedisError> {
         let tls = match url.scheme() {
-            "redis" => None,
+            "redis" | "sentinel" => None,
             "rediss" => Some(TlsFiles::default()),
             other => {
                 return Err(RedisError::Config(format!(
-                    "scheme {other:?} is not redis:// or rediss://"
+                    "scheme {other:?} is not redis://, rediss:// or sentinel://"
                 )));
             }
         };
@@ -96,6 +117,8 @@ impl RedisOptions {
             result_expires: Some(DEFAULT_RESULT_EXPIRES),
             command_timeout: Duration::from_secs(30),
             tls,
+            sentinels: Vec::new(),
+            master_name: None,
             url: url.clone(),
         };
         for (name, value) in url.query_pairs() {
@@ -113,6 +136,17 @@ impl RedisOptions {
             "visibility_timeout" => self.visibility_timeout = seconds(value)?,
             "priority_steps" => self.priority_steps = parse_steps(value)?,
             "global_keyprefix" => self.global_keyprefix = value.to_owned(),
+            "master_name" => {
+                if self.url.scheme() != "sentinel" {
+                    return Err(RedisError::Config(
+                        "master_name needs a sentinel:// URL".into(),
+                    ));
+                }
+                if value.is_empty() {
+                    return Err(RedisError::Config("master_name is empty".into()));
+                }
+                self.master_name = Some(value.to_owned());
+            }
             "result_expires" => {
                 let expires = seconds(value)?;
                 self.result_expires = (!expires.is_zero()).then_some(expires);
@@ -169,8 +203,23 @@ impl RedisOptions {
         };
         let username = (!self.url.username().is_empty()).then(|| decode(self.url.username()));
         let password = self.url.password().map(decode);
+        let server = match &self.master_name {
+            Some(service_name) if !self.sentinels.is_empty() => ServerConfig::Sentinel {
+                hosts: self
+                    .sentinels
+                    .iter()
+                    .map(|(h, p)| (h.as_str(), *p).into())
+                    .collect(),
+                service_name: service_name.clone(),
+                // The URL's credentials are the master's (kombu's `master_for`); the
+                // sentinels are asked without, as kombu does without `sentinel_kwargs`.
+                username: None,
+                password: None,
+            },
+            _ => ServerConfig::new_centralized(host, port),
+        };
         let mut config = Config {
-            server: ServerConfig::new_centralized(host, port),
+            server,
             username,
             password,
             database: (self.database != 0).then_some(self.database),
@@ -184,14 +233,29 @@ impl RedisOptions {
     }
 
     /// Reconnect with exponential backoff (100 ms doubling to 5 s, with jitter), forever.
+    /// Behind Sentinel at most 1 s apart: each attempt asks the sentinels for the master
+    /// again, and a promoted replica takes over within seconds of a failover.
     pub(crate) fn reconnect_policy(&self) -> ReconnectPolicy {
-        let mut policy = ReconnectPolicy::new_exponential(0, 100, 5_000, 2);
+        let max = if self.sentinels.is_empty() {
+            5_000
+        } else {
+            1_000
+        };
+        let mut policy = ReconnectPolicy::new_exponential(0, 100, max, 2);
         policy.set_jitter(100);
         policy
     }
 
+    /// Whether the master is found through Sentinel (`sentinel://`).
+    pub fn is_sentinel(&self) -> bool {
+        !self.sentinels.is_empty()
+    }
+
     /// The URL without its password, for logs.
     pub fn redacted(&self) -> String {
+        if self.is_sentinel() {
+            return sentinel::redacted(&self.url, &self.sentinels);
+        }
         let mut shown = self.url.clone();
         if shown.password().is_some() {
             let _ = shown.set_password(Some("***"));
@@ -211,6 +275,7 @@ impl fmt::Debug for RedisOptions {
             .field("result_expires", &self.result_expires)
             .field("command_timeout", &self.command_timeout)
             .field("tls", &self.tls)
+            .field("master_name", &self.master_name)
             .finish()
     }
 }

@@ -9,9 +9,19 @@
 //! ```
 //!
 //! Applications normally just name a `redis://` or `rediss://` URL: linking this crate (the
-//! `redis` feature of the `queue` facade) registers [`REDIS_CONNECTOR`] for both schemes:
-//! broker, backend and lease store ([`RedisLease`], for periodic schedulers). URL options
-//! are listed in [`RedisOptions`].
+//! `redis` feature of the `queue` facade) registers [`REDIS_CONNECTOR`] for both schemes,
+//! and for `sentinel://`: broker, backend and lease store ([`RedisLease`], for periodic
+//! schedulers). URL options are listed in [`RedisOptions`].
+//!
+//! # Redis Sentinel
+//!
+//! `sentinel://` URLs are kombu's and Celery's: one per sentinel, joined by `;`, with the
+//! master's name as the option `master_name` (in Python, the transport option of that name):
+//! `sentinel://:password@10.0.0.1:26379;sentinel://10.0.0.2:26379;sentinel://10.0.0.3:26379/0?master_name=mymaster`.
+//! Every connection (commands, list watchers, subscribers) asks the sentinels for the master,
+//! checks its `ROLE`, and after a failover reconnects (backoff at most 1 s) to the promoted
+//! replica. Replication is asynchronous: writes the old master acknowledged but had not yet
+//! sent to the replica are lost with it, as for Python's clients.
 //!
 //! # Keys (kombu's layout; `global_keyprefix` is prepended to all)
 //!
@@ -179,6 +189,7 @@ mod lease;
 mod promote;
 mod restore;
 mod scripts;
+mod sentinel;
 mod wake;
 mod wire;
 
@@ -198,14 +209,14 @@ pub use error::RedisError;
 pub use keys::SEP;
 pub use lease::RedisLease;
 
-/// Serves `redis://` and `rediss://` URLs: broker, backend and lease store.
+/// Serves `redis://`, `rediss://` and `sentinel://` URLs: broker, backend and lease store.
 #[derive(Debug, Default)]
 pub struct RedisConnector;
 
 #[async_trait]
 impl Connector for RedisConnector {
     fn schemes(&self) -> &'static [&'static str] {
-        &["redis", "rediss"]
+        &["redis", "rediss", "sentinel"]
     }
 
     async fn broker(

@@ -83,6 +83,8 @@ enum Which {
     Redis,
     Rabbitmq,
     Postgres,
+    /// Redis master, replica and three sentinels on 6390, 6391, 26390..26392.
+    RedisSentinel,
     /// Three clustered RabbitMQ nodes on 5681..5683 (not part of `all`).
     RabbitmqCluster,
     All,
@@ -94,6 +96,7 @@ impl Which {
             Which::Redis => &[Service::Redis],
             Which::Rabbitmq => &[Service::Rabbitmq],
             Which::Postgres => &[Service::Postgres],
+            Which::RedisSentinel => &[Service::RedisSentinel],
             Which::RabbitmqCluster => &[Service::RabbitmqCluster],
             Which::All => services::ALL,
         }

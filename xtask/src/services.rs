@@ -14,6 +14,7 @@ mod private;
 mod rabbitmq;
 mod rabbitmq_cluster;
 mod redis;
+mod redis_sentinel;
 
 pub use private::{PrivatePostgres, PrivateRabbit, PrivateRedis};
 
@@ -36,6 +37,8 @@ pub enum Service {
     Rabbitmq,
     /// PostgreSQL on 5432, our own cluster, database `queue_test`.
     Postgres,
+    /// Redis master 6390, replica 6391, sentinels 26390..26392 (not in `ALL`).
+    RedisSentinel,
     /// Three clustered RabbitMQ nodes rmq1..3@localhost on 5681..5683 (not in `ALL`).
     RabbitmqCluster,
 }
@@ -44,7 +47,7 @@ pub enum Service {
 pub const ALL: &[Service] = &[Service::Redis, Service::Rabbitmq, Service::Postgres];
 
 /// Services only brought up on request, but shown by `status`.
-const OPTIONAL: &[Service] = &[Service::RabbitmqCluster];
+const OPTIONAL: &[Service] = &[Service::RabbitmqCluster, Service::RedisSentinel];
 
 /// Whether `up` found the server already answering or had to start it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +62,7 @@ impl Service {
             Service::Redis => "redis",
             Service::Rabbitmq => "rabbitmq",
             Service::Postgres => "postgres",
+            Service::RedisSentinel => "redis-sentinel",
             Service::RabbitmqCluster => "rabbitmq-cluster",
         }
     }
@@ -69,6 +73,7 @@ impl Service {
             Service::Redis => redis::env_vars(),
             Service::Rabbitmq => rabbitmq::env_vars(),
             Service::Postgres => postgres::env_vars(),
+            Service::RedisSentinel => redis_sentinel::env_vars(),
             Service::RabbitmqCluster => rabbitmq_cluster::env_vars(),
         }
     }
@@ -80,6 +85,7 @@ impl Service {
             Service::Redis => redis::up(&self.dir()),
             Service::Rabbitmq => rabbitmq::up(&self.dir()),
             Service::Postgres => postgres::up(&self.dir()),
+            Service::RedisSentinel => redis_sentinel::up(&self.dir()),
             Service::RabbitmqCluster => rabbitmq_cluster::up(&self.dir()),
         }?;
         println!(
@@ -100,6 +106,7 @@ impl Service {
             Service::Redis => redis::down(&self.dir()),
             Service::Rabbitmq => rabbitmq::down(&self.dir()),
             Service::Postgres => postgres::down(&self.dir()),
+            Service::RedisSentinel => redis_sentinel::down(&self.dir()),
             Service::RabbitmqCluster => rabbitmq_cluster::down(&self.dir()),
         }
     }
@@ -109,6 +116,7 @@ impl Service {
             Service::Redis => redis::status(&self.dir()),
             Service::Rabbitmq => vec![rabbitmq::status(&self.dir())],
             Service::Postgres => vec![postgres::status(&self.dir())],
+            Service::RedisSentinel => redis_sentinel::status(&self.dir()),
             Service::RabbitmqCluster => rabbitmq_cluster::status(&self.dir()),
         }
     }

@@ -10,7 +10,12 @@ use crate::util::{self, Result, err};
 
 /// Services the test suites need; their URLs reach the tests as `QUEUE_TEST_*` variables.
 /// A suite whose variable is unset skips its tests (outside CI, where that is a failure).
-const TEST_SERVICES: &[Service] = &[Service::Redis, Service::Rabbitmq, Service::Postgres];
+const TEST_SERVICES: &[Service] = &[
+    Service::Redis,
+    Service::Rabbitmq,
+    Service::Postgres,
+    Service::RedisSentinel,
+];
 
 /// Options of `cargo xtask test`.
 pub struct Options {

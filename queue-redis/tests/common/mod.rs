@@ -2,6 +2,8 @@
 //! kill and restart one.
 #![allow(dead_code)]
 
+pub mod sentinel;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
