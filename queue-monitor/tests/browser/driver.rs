@@ -206,10 +206,17 @@ impl Browser {
             .unwrap_or_else(|error| panic!("run {script}: {error}"))
     }
 
-    /// The text of the first element matching `css`, if there is one now.
+    /// The text of the first element matching `css`, if there is one now. The pages redraw
+    /// as live updates come, so an element found may be replaced before its text is read:
+    /// then it is found again.
     pub async fn text(&self, css: &str) -> Option<String> {
-        let element = self.client.find(Locator::Css(css)).await.ok()?;
-        element.text().await.ok()
+        for _ in 0..5 {
+            let element = self.client.find(Locator::Css(css)).await.ok()?;
+            if let Ok(text) = element.text().await {
+                return Some(text);
+            }
+        }
+        None
     }
 
     /// The text of the page's content, for failure messages.
