@@ -46,6 +46,24 @@ async fn start(
     handle
 }
 
+/// Waits for one of `beats` to lead (a change of its status) and returns its index.
+async fn leader_of(beats: &[Option<BeatHandle>]) -> usize {
+    let waits = beats.iter().enumerate().filter_map(|(index, beat)| {
+        let mut status = beat.as_ref()?.status_watch();
+        Some(Box::pin(async move {
+            if status.wait_for(|status| status.leading).await.is_err() {
+                // That beat ended: it will not lead.
+                std::future::pending::<()>().await;
+            }
+            index
+        }))
+    });
+    tokio::time::timeout(Duration::from_secs(10), futures::future::select_all(waits))
+        .await
+        .expect("a beat leads in time")
+        .0
+}
+
 async fn three_beats_on(lease: Arc<dyn Lease>) {
     let app = App::builder().broker("memory://").build().await.unwrap();
     let name = queue_core::conformance::unique_prefix("beat");
@@ -58,19 +76,7 @@ async fn three_beats_on(lease: Arc<dyn Lease>) {
     }
     let mut sent = Vec::new();
     for round in 0..3 {
-        let leader = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                if let Some(index) = beats
-                    .iter()
-                    .position(|beat| beat.as_ref().is_some_and(|beat| beat.status().leading))
-                {
-                    return index;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("a beat leads");
+        let leader = leader_of(&beats).await;
         for _ in 0..4 {
             let tick = tokio::time::timeout(Duration::from_secs(10), receiver.recv())
                 .await

@@ -262,6 +262,12 @@ impl BeatHandle {
         self.status.borrow().clone()
     }
 
+    /// A receiver of every change of [`status`](Self::status), to await one among several
+    /// beats (`watch::Receiver::wait_for`).
+    pub fn status_watch(&self) -> watch::Receiver<BeatStatus> {
+        self.status.clone()
+    }
+
     /// The ticks this instance sends from now on.
     pub fn sent(&self) -> broadcast::Receiver<SentTick> {
         self.sent.subscribe()
@@ -313,23 +319,11 @@ fn default_holder() -> String {
 }
 
 async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
+    match queue_core::signal::SignalListener::install() {
+        Ok(mut signals) => signals.next().await,
+        Err(error) => {
+            tracing::warn!(%error, "beat: cannot listen for SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

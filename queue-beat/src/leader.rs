@@ -187,7 +187,9 @@ impl Runner {
                 if let Some(holding) = self.holding.take() {
                     tracing::warn!(schedule = %self.name, holder = %self.holder, token = holding.grant.token, "beat lost its lease; stopped sending");
                 }
-                self.log_leader().await;
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    self.log_leader().await;
+                }
             }
             Err(error) => {
                 tracing::warn!(schedule = %self.name, %error, "beat: lease store unavailable");

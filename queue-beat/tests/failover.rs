@@ -47,20 +47,21 @@ async fn beat(
 }
 
 /// Waits for one of `beats` to lead and returns its index.
-async fn leader_of(beats: &mut [Option<BeatHandle>]) -> usize {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if let Some(index) = beats
-                .iter()
-                .position(|beat| beat.as_ref().is_some_and(|beat| beat.status().leading))
-            {
-                return index;
+async fn leader_of(beats: &[Option<BeatHandle>]) -> usize {
+    let waits = beats.iter().enumerate().filter_map(|(index, beat)| {
+        let mut status = beat.as_ref()?.status_watch();
+        Some(Box::pin(async move {
+            if status.wait_for(|status| status.leading).await.is_err() {
+                // That beat ended: it will not lead.
+                std::future::pending::<()>().await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("a beat leads within 5 s")
+            index
+        }))
+    });
+    tokio::time::timeout(Duration::from_secs(5), futures::future::select_all(waits))
+        .await
+        .expect("a beat leads in time")
+        .0
 }
 
 /// Waits until `count` ticks were sent, and returns them.
@@ -92,13 +93,13 @@ async fn three_beats_send_each_tick_once_while_leaders_are_killed() {
     let mut sent = Vec::new();
     let mut killed = Vec::new();
     for _ in 0..2 {
-        let leader = leader_of(&mut beats).await;
+        let leader = leader_of(&beats).await;
         sent.extend(ticks(&mut receiver, 5).await);
         let name = ["a", "b", "c"][leader];
         beats[leader].take().unwrap().abort();
         killed.push(name);
     }
-    let leader = leader_of(&mut beats).await;
+    let leader = leader_of(&beats).await;
     sent.extend(ticks(&mut receiver, 5).await);
     for beat in beats.into_iter().flatten() {
         beat.shutdown().await;

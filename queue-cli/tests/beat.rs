@@ -52,6 +52,16 @@ fn start_beat(
     child
 }
 
+/// Reads the beats' log lines until `deadline` (the test's timeline: the entry ticks in
+/// real time).
+fn read_until(lines: &mpsc::Receiver<(usize, String)>, deadline: Instant) {
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if let Err(mpsc::RecvTimeoutError::Disconnected) = lines.recv_timeout(left) {
+            return;
+        }
+    }
+}
+
 /// The next beat (other than `not`) to say it leads, and when.
 fn next_leader(
     lines: &mpsc::Receiver<(usize, String)>,
@@ -108,7 +118,7 @@ async fn three_beat_processes_fire_each_tick_once_while_the_leader_is_killed_twi
         let (mut leader, started) = next_leader(&lines, &[], Duration::from_secs(20));
         let mut killed = Vec::new();
         for kill_at in [RUN_FOR / 3, RUN_FOR * 2 / 3] {
-            std::thread::sleep((started + kill_at).saturating_duration_since(Instant::now()));
+            read_until(&lines, started + kill_at);
             let mut child = beats[leader].take().expect("the leader runs");
             child.kill().expect("SIGKILL the leader");
             let killed_at = Instant::now();
@@ -122,7 +132,7 @@ async fn three_beat_processes_fire_each_tick_once_while_the_leader_is_killed_twi
             );
             leader = next;
         }
-        std::thread::sleep((started + RUN_FOR).saturating_duration_since(Instant::now()));
+        read_until(&lines, started + RUN_FOR);
         lines
     });
     for child in beats.iter_mut().flatten() {

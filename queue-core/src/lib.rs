@@ -33,6 +33,7 @@ pub mod memory;
 pub mod protocol;
 pub mod result;
 pub mod routing;
+pub mod signal;
 pub mod signature;
 pub mod state;
 pub mod task;

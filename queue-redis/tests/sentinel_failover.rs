@@ -198,8 +198,8 @@ async fn failover_under_load_moves_producers_and_consumers_to_the_promoted_repli
         }
     });
 
-    // Load for a while, then SIGKILL the master.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Load until a good number of publishes were acknowledged, then SIGKILL the master.
+    acknowledged_at_least(&acknowledged, LOAD_BEFORE_KILL).await;
     let before_kill = acknowledged.lock().unwrap().len();
     assert!(before_kill > 0, "nothing published before the kill");
     let mut killed = Killed {
@@ -213,7 +213,12 @@ async fn failover_under_load_moves_producers_and_consumers_to_the_promoted_repli
     // Times count from the moment the process is gone (a publish answered before that was
     // answered by the old master).
     // (A zombie's command line is empty.)
+    let gone_by = Instant::now() + Duration::from_secs(10);
     while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|line| !line.is_empty()) {
+        assert!(
+            Instant::now() < gone_by,
+            "the killed master {pid} is still there"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     *killed_at.lock().unwrap() = Some((Instant::now(), sequence.load(Ordering::SeqCst)));
@@ -239,7 +244,8 @@ async fn failover_under_load_moves_producers_and_consumers_to_the_promoted_repli
         }
     };
     // Some more load on the new master, then stop the producers.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resumed_with = acknowledged.lock().unwrap().len();
+    acknowledged_at_least(&acknowledged, resumed_with + LOAD_AFTER_FAILOVER).await;
     stop.store(true, Ordering::SeqCst);
     let mut publish_errors = 0;
     for producer in producers {
@@ -299,4 +305,23 @@ async fn failover_under_load_moves_producers_and_consumers_to_the_promoted_repli
         sentinel::wait_healthy(&sentinels, Duration::from_secs(60));
     });
     assert_eq!(killed.port, old_master);
+}
+
+/// Publishes acknowledged before the kill, and on the new master after it.
+const LOAD_BEFORE_KILL: usize = 1000;
+const LOAD_AFTER_FAILOVER: usize = 300;
+
+/// Waits until `count` publishes were acknowledged (within 30 s).
+async fn acknowledged_at_least<T>(
+    acknowledged: &std::sync::Mutex<std::collections::HashSet<T>>,
+    count: usize,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acknowledged.lock().unwrap().len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {count} publishes acknowledged in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -439,38 +439,16 @@ fn reconnect_backoff() -> RetryPolicy {
     }
 }
 
-/// Listens for SIGTERM and SIGINT (Ctrl-C elsewhere than Unix).
-struct SignalListener {
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-}
+/// The worker's reading of the stop signals.
+struct SignalListener(queue_core::signal::SignalListener);
 
 impl SignalListener {
     fn install() -> std::io::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Self {
-                terminate: signal(SignalKind::terminate())?,
-                interrupt: signal(SignalKind::interrupt())?,
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            Ok(Self {})
-        }
+        queue_core::signal::SignalListener::install().map(Self)
     }
 
     async fn next(&mut self) {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
+        self.0.next().await;
     }
 
     /// First signal: warm shutdown; second: cold.
